@@ -1,0 +1,1 @@
+"""Training core (no Qt): datasets, the training loop, run folders."""

@@ -1,0 +1,208 @@
+"""The training loop: conditional diffusion with EMA, warm-up + cosine learning rate, gradient
+accumulation, AMP on CUDA, validation, atomic checkpoints and exact resume."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..device import autocast, resolve_device
+from ..diffusion.denoiser import network_target, x0_from_output
+from ..diffusion.ema import EMA
+from ..diffusion.losses import get_loss, heteroscedastic
+from ..model import RestorationModel
+from . import runs
+from .noise import draw_sigmas
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 2e-4
+    warmup: int = 100
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    loss: str = "l2"
+    noise_draw: str = "loguniform"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    val_every: int = 200
+    val_batch: int = 16
+    checkpoint_every: int = 200
+
+
+@dataclass
+class TrainUpdate:
+    """What the loop reports: every step a loss; at validations also val loss, PSNR, preview."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    val_loss: float | None = None
+    val_psnr: float | None = None
+    preview: np.ndarray | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` (``draw(batch, rng)`` / ``fixed_batch(n)``) into ``run_dir``."""
+
+    def __init__(self, model: RestorationModel, data, config: TrainConfig, run_dir: str | Path,
+                 val_data=None, callback: Callable[[TrainUpdate], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.model, self.data, self.cfg = model, data, config
+        self.val_data = val_data
+        self.run_dir = Path(run_dir)
+        self.callback, self.should_stop = callback, should_stop or (lambda: False)
+        self.device = resolve_device(config.device)
+        self.network = model.network.to(self.device, memory_format=torch.channels_last).train()
+        self.ema = EMA(self.network, config.ema_decay)
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr, weight_decay=0.0)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and config.amp)
+        self.loss_fn = get_loss(config.loss)
+        self.diffusion = model.diffusion
+        self.step = 0
+        self.history: list[dict] = []
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    # ---- one optimisation step -------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        d = self.diffusion
+        x0 = batch["target"].to(self.device)
+        cond = batch["condition"].to(self.device)
+        sigma = draw_sigmas(len(x0), self.cfg.noise_draw, generator, d["sigma_min"], d["sigma_max"])
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        gamma = (1 / (1 + sigma ** 2)).to(self.device).reshape(-1, *([1] * (x0.ndim - 1)))
+        y = gamma.sqrt() * x0 + (1 - gamma).sqrt() * noise
+        args = [torch.cat([cond, y], 1), gamma.reshape(-1)]
+        if "slice_index" in batch:
+            args.append(batch["slice_index"].to(self.device))
+        with autocast(self.device, self.cfg.amp):
+            out = self.network(*args).float()
+        pred = out[:, : x0.shape[1]]
+        target = network_target(d["parameterization"], x0, noise, gamma)
+        loss = self.loss_fn(pred, target)
+        if self.model.aleatoric:
+            # The variance head learns the spread of the x0 error; detached so it cannot bend the mean.
+            x0_hat = x0_from_output(d["parameterization"], pred.detach(), y, gamma)
+            loss = loss + heteroscedastic(x0_hat, x0, logvar=out[:, -1:])
+        return loss
+
+    def train_step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(self.cfg.grad_accum):
+            batch = self.data.draw(self.cfg.batch_size, self.rng)
+            loss = self._loss(batch, self.generator) / self.cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.item()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.network)
+        self.step += 1
+        return total
+
+    # ---- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float, np.ndarray]:
+        """Loss of the EMA network on a fixed held-out batch and fixed noise, and the PSNR of its
+        one-step estimate from pure noise (the regression estimate) with a preview image."""
+        data = self.val_data or self.data
+        batch = data.fixed_batch(self.cfg.val_batch)
+        saved = self.network
+        self.network = self.ema.network
+        try:
+            val_loss = float(self._loss(batch, torch.Generator().manual_seed(4321)))
+            denoise = self.model.__class__(self.model.card, self.ema.network).denoiser()
+            x0 = batch["target"].to(self.device)
+            sig = float(self.diffusion["sigma_max"])
+            start = torch.randn(x0.shape, generator=torch.Generator().manual_seed(99)).to(self.device) * sig
+            est = denoise(start, sig, batch["condition"].to(self.device), batch.get("slice_index"))
+            mse = float(((est - x0) ** 2).mean())
+            psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # peak-to-peak of [-1, 1] is 2
+            preview = est[0, 0].cpu().numpy()
+        finally:
+            self.network = saved
+        return val_loss, psnr, preview
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def card(self) -> dict:
+        card = dict(self.model.card)
+        card["training"] = {**card.get("training", {}), "config": asdict(self.cfg), "step": self.step}
+        if self.history:
+            last = [h for h in self.history if h.get("val_loss") is not None]
+            if last:
+                card["training"]["val_loss"] = last[-1]["val_loss"]
+                card["training"]["val_psnr_one_step"] = last[-1]["val_psnr"]
+        return card
+
+    def save(self) -> None:
+        state = {
+            "step": self.step,
+            "network": self.network.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+        runs.save_torch(state, self.run_dir / runs.STATE_NAME)
+        runs.save_model(self.card(), self.ema.network.state_dict(), self.run_dir)
+
+    def resume(self) -> None:
+        state = torch.load(self.run_dir / runs.STATE_NAME, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state["network"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        self.step, self.history = state["step"], list(state["history"])
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Train until ``config.steps`` or a stop request (honoured within a step); always ends
+        with a saved checkpoint."""
+        self.network.train()
+        t0 = time.perf_counter()
+        try:
+            while self.step < self.cfg.steps and not self.should_stop():
+                loss = self.train_step()
+                update = TrainUpdate(self.step, self.cfg.steps, loss, lr_at(self.step - 1, self.cfg),
+                                     seconds=time.perf_counter() - t0)
+                record = {"step": self.step, "loss": loss}
+                if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
+                    update.val_loss, update.val_psnr, update.preview = self.validate()
+                    record.update(val_loss=update.val_loss, val_psnr=update.val_psnr)
+                self.history.append(record)
+                if self.callback is not None:
+                    self.callback(update)
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            self.network.eval()
+            self.save()
+        return self.history
