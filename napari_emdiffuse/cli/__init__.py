@@ -8,9 +8,9 @@ import sys
 
 # subcommand -> module in this package
 SUBCOMMANDS = {
-    "models": "models",
-    "denoise": "restore_cmds",
-    "superres": "restore_cmds",
+    "models": "models_cmd",
+    "denoise": "denoise_cmd",
+    "superres": "superres_cmd",
     "isotropic": "isotropic_cmd",
     "train": "train_cmd",
 }
