@@ -15,3 +15,24 @@ def load_pair() -> tuple[np.ndarray, np.ndarray]:
     import tifffile
 
     return tifffile.imread(SEM_NOISY), tifffile.imread(SEM_CLEAN)
+
+
+# Anisotropic serial-section TEM and isotropic FIB-SEM crops; voxel sizes (z, y, x) in nm.
+SSTEM = HERE / "sstem_isbi2012_crop.tif"
+SSTEM_VOXEL_NM = (50.0, 4.0, 4.0)
+FIBSEM = HERE / "fibsem_flyem_crop.tif"
+FIBSEM_VOXEL_NM = (10.0, 10.0, 10.0)
+
+
+def load_sstem() -> np.ndarray:
+    """ssTEM stack of Drosophila larva VNC (ISBI 2012): 30 x 256 x 256 uint8, voxel 50 x 4 x 4 nm."""
+    import tifffile
+
+    return tifffile.imread(SSTEM)
+
+
+def load_fibsem() -> np.ndarray:
+    """FIB-SEM crop of Drosophila medulla (FlyEM): 64 x 128 x 128 uint8, isotropic 10 nm voxels."""
+    import tifffile
+
+    return tifffile.imread(FIBSEM)
