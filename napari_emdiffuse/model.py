@@ -26,7 +26,7 @@ DEFAULT_DIFFUSION = {
     "samples": 2,
 }
 DEFAULT_NORMALIZATION = {"low": 0.1, "high": 99.9}
-DEFAULT_TILE = {"size": 256, "overlap": 32}
+DEFAULT_TILE = {"size": 256, "overlap": 24}
 
 
 def _merged(defaults: dict, given: dict | None) -> dict:

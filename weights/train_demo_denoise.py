@@ -33,7 +33,7 @@ CARD = {
     "diffusion": {"parameterization": "x0", "clip": [-1.5, 1.5], "sigma_min": 0.002, "sigma_max": 80.0,
                   "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 2},
     "normalization": {"low": 0.1, "high": 99.9},
-    "tile": {"size": 256, "overlap": 32},
+    "tile": {"size": 256, "overlap": 24},
 }
 
 

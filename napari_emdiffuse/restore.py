@@ -1,0 +1,250 @@
+"""Restoration of a 2D image or a stack (slice by slice), tiled, batched, with uncertainty.
+
+The public entry points are :func:`restore` and :func:`restore_slices`; :func:`sample_plane`
+is the unit other tasks (isotropic reconstruction, streaming) build on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast, resolve_device
+from .diffusion.samplers import SAMPLERS, evaluations, sample
+from .diffusion.schedules import sampling_sigmas
+from .model import RestorationModel
+from .noise import positional_noise
+from .normalize import Normalizer, to_dtype
+from .tiling import Cancelled, TiledDenoiser, TileGrid
+from .uncertainty import aleatoric_std, reliability_mask, sample_std
+
+Progress = Callable[[int, int], None] | None
+Cancel = Callable[[], bool] | None
+
+__all__ = ["restore", "restore_slices", "RestoreResult", "Cancelled", "Settings", "sample_plane"]
+
+
+@dataclass
+class Settings:
+    """How to sample: the model card's defaults, overridden by what the caller sets."""
+
+    sampler: str
+    steps: int
+    grid: str
+    samples: int
+    sigma_min: float
+    sigma_max: float
+    rho: float
+    tile: int
+    overlap: int
+    batch_size: int
+    sampler_options: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model: RestorationModel, device: torch.device, **overrides) -> "Settings":
+        d, t = model.diffusion, model.tile
+        s = cls(sampler=d["sampler"], steps=int(d["steps"]), grid=d["grid"], samples=int(d["samples"]),
+                sigma_min=float(d["sigma_min"]), sigma_max=float(d["sigma_max"]), rho=float(d.get("rho", 7.0)),
+                tile=int(t["size"]), overlap=int(t["overlap"]),
+                batch_size=16 if device.type == "cuda" else 4,
+                sampler_options=dict(d.get("sampler_options") or {}))
+        s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+        if s.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {s.sampler!r}: use one of {', '.join(SAMPLERS)}")
+        if s.steps < 1 or s.samples < 1:
+            raise ValueError("steps and samples must be at least 1")
+        if s.tile < 16:
+            raise ValueError("tile size must be at least 16 pixels")
+        return s
+
+    def sigmas(self) -> torch.Tensor:
+        return sampling_sigmas(self.steps, self.grid, self.sigma_min, self.sigma_max, self.rho)
+
+    @property
+    def evaluations(self) -> int:
+        return evaluations(self.sampler, self.steps)
+
+
+@dataclass
+class RestoreResult:
+    """``mean`` has the input's shape and dtype; ``std`` / ``aleatoric`` are float32 standard
+    deviations in input intensity units (None when unavailable); ``mask`` is 1 where the
+    uncertainty exceeds the threshold."""
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+    aleatoric: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def sample_plane(model: RestorationModel, condition: torch.Tensor, settings: Settings, *,
+                 seed: int, streams: Sequence[tuple[int, ...]], origin: tuple[int, int] = (0, 0),
+                 slice_index: torch.Tensor | None = None, on_batch: Callable[[int], None] | None = None,
+                 cancel: Cancel = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draw one sample per stream for a (1 or B, C, H, W) normalised condition on the device.
+
+    Returns samples (B, 1, H, W) and the aleatoric log-variance (B, 1, H, W) or None. Noise
+    is seeded by (seed, stream, step) and the global pixel position ``origin + (y, x)``.
+    """
+    device = condition.device
+    h, w = condition.shape[-2:]
+    grid = TileGrid.plan((h, w), settings.tile, settings.overlap, model.network.downsample_factor)
+    ph, pw = grid.padded_shape
+    if (ph, pw) != (h, w):
+        mode = "reflect" if ph - h < h and pw - w < w else "replicate"
+        condition = F.pad(condition, (0, pw - w, 0, ph - h), mode=mode)
+
+    def noise(step: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([
+            positional_noise(origin, (ph, pw), seed, (*stream, step))[None] for stream in streams
+        ])).to(device)
+
+    tiled = TiledDenoiser(model.denoiser(), condition, grid, settings.batch_size, slice_index=slice_index,
+                          autocast=lambda: autocast(device), on_batch=on_batch, cancel=cancel)
+    sigmas = settings.sigmas().to(device)
+    x = noise(0) * float(sigmas[0])
+    # sampler steps draw noise(i) for i >= 0; shift so they never reuse the initial noise
+    x = sample(settings.sampler, tiled, x, sigmas, lambda i: noise(i + 1), **settings.sampler_options)
+    logvar = tiled.first_logvar
+    return x[..., :h, :w], (None if logvar is None else logvar[..., :h, :w])
+
+
+def _prepare(model, device, task):
+    if not isinstance(model, RestorationModel):
+        from .loading import load_model
+
+        model = load_model(model, task=task)
+    if task is not None:
+        model.require_task(task)
+    model.network.to(device).eval()
+    if device.type in ("cpu", "cuda") and getattr(model.network, "dims", 2) == 2:
+        model.network.to(memory_format=torch.channels_last)
+    return model
+
+
+def _check_image(image) -> None:
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D image or a stack (Z, Y, X), got {image.ndim} dimensions: "
+                         "split channels or time points first")
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
+        raise ValueError(f"the image looks like RGB(A) with shape {tuple(image.shape)}: convert it to grayscale first")
+
+
+def _fit_normalizer(image, model: RestorationModel) -> Normalizer:
+    norm = model.normalization
+    if image.ndim == 3 and image.shape[0] > 16:  # lazy inputs: a few evenly spaced slices suffice
+        picks = np.linspace(0, image.shape[0] - 1, 16).round().astype(int)
+        image = np.stack([np.asarray(image[int(z)]) for z in picks])
+    return Normalizer.fit(np.asarray(image), norm["low"], norm["high"])
+
+
+def _condition_for(model: RestorationModel, plane: np.ndarray, device) -> torch.Tensor:
+    cond = torch.from_numpy(plane)[None, None].to(device)
+    if model.task == "superres":
+        scale = int(model.card.get("superres", {}).get("scale", 2))
+        cond = F.interpolate(cond, scale_factor=scale, mode="bicubic", align_corners=False)
+    return cond
+
+
+def restore_slices(image, model: RestorationModel | str, *, task: str | None = None,
+                   samples: int | None = None, steps: int | None = None, sampler: str | None = None,
+                   grid: str | None = None, tile: int | None = None, overlap: int | None = None,
+                   batch_size: int | None = None, device: str = "auto", seed: int = 0,
+                   progress: Progress = None, cancel: Cancel = None, threshold: float | None = None,
+                   slices: Sequence[int] | None = None) -> Iterator[tuple[int, RestoreResult]]:
+    """Restore slice by slice, yielding ``(z, RestoreResult)`` as each slice finishes.
+
+    ``image`` is (Y, X) (yields z = 0) or (Z, Y, X); numpy, dask or zarr (read one slice at a
+    time). ``slices`` restricts a stack to some z. ``progress(done, total)`` counts tile
+    evaluations; ``cancel()`` is polled between network batches and raises :class:`Cancelled`.
+    """
+    _check_image(image)
+    dev = resolve_device(device)
+    model = _prepare(model, dev, task)
+    settings = Settings.for_model(model, dev, samples=samples, steps=steps, sampler=sampler, grid=grid,
+                                  tile=tile, overlap=overlap, batch_size=batch_size)
+    normalizer = _fit_normalizer(image, model)
+    span = normalizer.hi - normalizer.lo
+    thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
+    zs = [0] if image.ndim == 2 else list(slices if slices is not None else range(image.shape[0]))
+    plane_shape = image.shape[-2:]
+    out_shape = plane_shape
+    if model.task == "superres":
+        scale = int(model.card.get("superres", {}).get("scale", 2))
+        out_shape = tuple(s * scale for s in plane_shape)
+    probe = TileGrid.plan(out_shape, settings.tile, settings.overlap, model.network.downsample_factor)
+    total = len(probe.windows()) * settings.samples * settings.evaluations * len(zs)
+    done = [0]
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
+    for z in zs:
+        t0 = time.perf_counter()
+        plane = np.asarray(image if image.ndim == 2 else image[z])
+        cond = _condition_for(model, normalizer(plane), dev)
+        streams = [(z, k) for k in range(settings.samples)]
+        while True:
+            try:
+                xs, logvar = sample_plane(model, cond, settings, seed=seed, streams=streams,
+                                          on_batch=on_batch, cancel=cancel)
+                break
+            except torch.OutOfMemoryError:
+                if settings.batch_size == 1:
+                    raise
+                settings.batch_size //= 2  # the largest batch that fits, found once
+                torch.cuda.empty_cache()
+        xs = xs[:, 0].float().cpu().numpy()
+        mean = to_dtype(normalizer.inverse(xs.mean(axis=0)), image.dtype)
+        std = sample_std(xs)
+        std = None if std is None else std * (span / 2)
+        ale = None if logvar is None else aleatoric_std(logvar[:, 0].cpu().numpy()) * (span / 2)
+        basis = std if std is not None else ale
+        mask = None if basis is None or not np.isfinite(thr) else reliability_mask(basis, span, thr)
+        info = {"z": z, "seconds": time.perf_counter() - t0, "device": str(dev),
+                "evaluations": settings.evaluations, "samples": settings.samples, "sampler": settings.sampler,
+                "steps": settings.steps, "tile": settings.tile, "batch_size": settings.batch_size,
+                "normalizer": (normalizer.lo, normalizer.hi), "threshold": thr, "model": model.name}
+        yield z, RestoreResult(mean, std, ale, mask, info)
+
+
+def restore(image, model: RestorationModel | str, **kwargs) -> RestoreResult:
+    """Restore a 2D image or a whole stack; see :func:`restore_slices` for the arguments.
+
+    On cancel, :class:`Cancelled` is raised with ``partial`` holding a RestoreResult of the
+    slices that finished (in ``info["slices"]``).
+    """
+    image_ndim = np.ndim(image) if not hasattr(image, "ndim") else image.ndim
+    finished: list[tuple[int, RestoreResult]] = []
+    t0 = time.perf_counter()
+    try:
+        for z, res in restore_slices(image, model, **kwargs):
+            finished.append((z, res))
+    except Cancelled as exc:
+        exc.partial = _assemble(finished, image_ndim == 2, t0) if finished else None
+        raise
+    return _assemble(finished, image_ndim == 2, t0)
+
+
+def _assemble(finished: list[tuple[int, RestoreResult]], single: bool, t0: float) -> RestoreResult:
+    results = [r for _, r in finished]
+    if single:
+        res = results[0]
+        res.info["seconds"] = time.perf_counter() - t0
+        return res
+
+    def stack(name):
+        parts = [getattr(r, name) for r in results]
+        return None if any(p is None for p in parts) else np.stack(parts)
+
+    info = dict(results[0].info)
+    info.update(seconds=time.perf_counter() - t0, slices=[z for z, _ in finished])
+    info.pop("z", None)
+    return RestoreResult(stack("mean"), stack("std"), stack("aleatoric"), stack("mask"), info)
