@@ -1,0 +1,47 @@
+"""Export a training run as a bundled preset: fp16 weights in weights/, the card in models/.
+
+    python weights/export_run.py build/demo-denoise-run --name demo-denoise \
+        --command "python weights/train_demo_denoise.py --steps 6000"
+
+The card keeps the run's network, diffusion and training sections and gains the weight file's
+sha256 and the command that trained it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import yaml
+
+from napari_emdiffuse.training.runs import CARD_NAME, WEIGHTS_NAME, save_card, save_torch, sha256_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export(run: Path, name: str, command: str | None = None) -> Path:
+    card = yaml.safe_load((run / CARD_NAME).read_text())
+    state = torch.load(run / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}  # a few MB, no loss that shows
+    weight_file = REPO / "weights" / f"{name}.pt"
+    save_torch(half, weight_file)
+    card["name"] = name
+    card["weights"] = {"file": weight_file.name, "sha256": sha256_of(weight_file), "dtype": "float16"}
+    if command:
+        card.setdefault("training", {})["command"] = command
+    out = REPO / "models" / f"{name}.yaml"
+    save_card(card, out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--command")
+    args = ap.parse_args()
+    print(export(args.run, args.name, args.command))
+
+
+if __name__ == "__main__":
+    main()
