@@ -72,7 +72,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.callback, self.should_stop = callback, should_stop or (lambda: False)
         self.device = resolve_device(config.device)
-        self.network = model.network.to(self.device, memory_format=torch.channels_last).train()
+        # channels_last is a 4D (2D-image) memory format; 1D and 3D networks keep the default.
+        memory_format = torch.channels_last if getattr(model.network, "dims", 2) == 2 else torch.preserve_format
+        self.network = model.network.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.network, config.ema_decay)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr, weight_decay=0.0)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and config.amp)
