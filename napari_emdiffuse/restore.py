@@ -156,27 +156,28 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
                    grid: str | None = None, tile: int | None = None, overlap: int | None = None,
                    batch_size: int | None = None, device: str = "auto", seed: int = 0,
                    progress: Progress = None, cancel: Cancel = None, threshold: float | None = None,
-                   slices: Sequence[int] | None = None) -> Iterator[tuple[int, RestoreResult]]:
+                   slices: Sequence[int] | None = None, origin: tuple[int, int, int] = (0, 0, 0),
+                   normalizer: Normalizer | None = None) -> Iterator[tuple[int, RestoreResult]]:
     """Restore slice by slice, yielding ``(z, RestoreResult)`` as each slice finishes.
 
     ``image`` is (Y, X) (yields z = 0) or (Z, Y, X); numpy, dask or zarr (read one slice at a
     time). ``slices`` restricts a stack to some z. ``progress(done, total)`` counts tile
     evaluations; ``cancel()`` is polled between network batches and raises :class:`Cancelled`.
+    ``origin`` (z, y, x) places ``image`` in a larger volume and ``normalizer`` is one fitted on
+    that volume: a block restored with both draws the noise the whole volume would (streaming).
     """
     _check_image(image)
     dev = resolve_device(device)
     model = _prepare(model, dev, task)
     settings = Settings.for_model(model, dev, samples=samples, steps=steps, sampler=sampler, grid=grid,
                                   tile=tile, overlap=overlap, batch_size=batch_size)
-    normalizer = _fit_normalizer(image, model)
+    normalizer = normalizer if normalizer is not None else _fit_normalizer(image, model)
     span = normalizer.hi - normalizer.lo
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
     zs = [0] if image.ndim == 2 else list(slices if slices is not None else range(image.shape[0]))
     plane_shape = image.shape[-2:]
-    out_shape = plane_shape
-    if model.task == "superres":
-        scale = int(model.card.get("superres", {}).get("scale", 2))
-        out_shape = tuple(s * scale for s in plane_shape)
+    scale = int(model.card.get("superres", {}).get("scale", 2)) if model.task == "superres" else 1
+    out_shape = tuple(s * scale for s in plane_shape)
     probe = TileGrid.plan(out_shape, settings.tile, settings.overlap, model.network.downsample_factor)
     total = len(probe.windows()) * settings.samples * settings.evaluations * len(zs)
     done = [0]
@@ -190,10 +191,11 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
         t0 = time.perf_counter()
         plane = np.asarray(image if image.ndim == 2 else image[z])
         cond = _condition_for(model, normalizer(plane), dev)
-        streams = [(z, k) for k in range(settings.samples)]
+        streams = [(origin[0] + z, k) for k in range(settings.samples)]
         while True:
             try:
                 xs, logvar = sample_plane(model, cond, settings, seed=seed, streams=streams,
+                                          origin=(origin[1] * scale, origin[2] * scale),
                                           on_batch=on_batch, cancel=cancel)
                 break
             except torch.OutOfMemoryError:
