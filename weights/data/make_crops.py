@@ -1,0 +1,33 @@
+"""Write the training / validation crops of weights/data/ from the source volumes (run once, by hand;
+nothing reads the source at run time). See PROVENANCE.txt.
+
+    python weights/data/make_crops.py ../shared/data/em
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import tifffile
+
+HERE = Path(__file__).parent
+
+
+def write(name: str, array, voxel_nm: tuple[float, float, float]) -> None:
+    tifffile.imwrite(HERE / name, array, imagej=True, compression="zlib",
+                     resolution=(1 / voxel_nm[2], 1 / voxel_nm[1]),
+                     metadata={"axes": "ZYX", "unit": "nm", "spacing": voxel_nm[0]})
+    print(name, array.shape, (HERE / name).stat().st_size)
+
+
+def main(source: Path) -> None:
+    cube = tifffile.imread(source / "flyem_fibsem_10nm" / "training_sample1_250cube.tif")
+    # slices 0-89: disjoint from the bundled sample crop (slices 93-156), which is the validation volume
+    write("fibsem_flyem_train.tif", cube[0:90, 0:144, 0:144], (10.0, 10.0, 10.0))
+    sstem = tifffile.imread(source / "isbi2012_sstem" / "train-volume.tif")
+    # rows 0-127: disjoint from the bundled sample crop (rows 128-383), which is the training stack
+    write("sstem_isbi2012_val.tif", sstem[::3, 0:128, :], (150.0, 4.0, 4.0))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
