@@ -177,3 +177,14 @@ def test_evaluations_and_progress_are_counted(sampler):
 def test_unknown_sampler_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown sampler 'euler'.*dpmpp_2m"):
         sample("euler", lambda x, s: x, torch.zeros(2), sampling_sigmas(2), None)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "heun"])
+def test_sigmas_may_be_a_plain_list(sampler):
+    post = GaussianPosterior(shape=(16,))
+    sigmas = sampling_sigmas(5, "karras")
+    x = post.start(80.0)
+    zs = [post.noise(i) for i in range(5)]
+    as_tensor = sample(sampler, post.denoise, x, sigmas, lambda i: zs[i])
+    as_list = sample(sampler, post.denoise, x, sigmas.tolist(), lambda i: zs[i])
+    torch.testing.assert_close(as_list, as_tensor)

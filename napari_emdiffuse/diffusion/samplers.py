@@ -26,14 +26,14 @@ def sample_ddim(denoise: Denoise, x, sigmas, noise: Noise, eta: float = 0.0, cal
     step q(x_s | x_t, x0) for the denoised x0)."""
     n = len(sigmas) - 1
     for i in range(n):
-        s_from, s_to = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, s_from)
+        s_from, s_to = float(sigmas[i]), float(sigmas[i + 1])
+        x0 = denoise(x, sigmas[i])
         if s_to == 0:
             x = x0
         else:
-            s_up = min(float(s_to), eta * float(s_to * (s_from ** 2 - s_to ** 2).sqrt() / s_from))
-            s_down = math.sqrt(float(s_to) ** 2 - s_up ** 2)
-            x = x0 + (x - x0) * (s_down / float(s_from))
+            s_up = min(s_to, eta * s_to * math.sqrt(s_from ** 2 - s_to ** 2) / s_from)
+            s_down = math.sqrt(s_to ** 2 - s_up ** 2)
+            x = x0 + (x - x0) * (s_down / s_from)
             if s_up > 0:
                 x = x + s_up * noise(i)
         _step_done(callback, i, n)
