@@ -93,7 +93,7 @@ def sample_plane(model: RestorationModel, condition: torch.Tensor, settings: Set
     """
     device = condition.device
     h, w = condition.shape[-2:]
-    grid = TileGrid.plan((h, w), settings.tile, settings.overlap, model.network.downsample_factor)
+    grid = TileGrid.plan((h, w), settings.tile, settings.overlap, model.network.downsample_factor, origin)
     ph, pw = grid.padded_shape
     if (ph, pw) != (h, w):
         mode = "reflect" if ph - h < h and pw - w < w else "replicate"
@@ -178,7 +178,8 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
     plane_shape = image.shape[-2:]
     scale = int(model.card.get("superres", {}).get("scale", 2)) if model.task == "superres" else 1
     out_shape = tuple(s * scale for s in plane_shape)
-    probe = TileGrid.plan(out_shape, settings.tile, settings.overlap, model.network.downsample_factor)
+    probe = TileGrid.plan(out_shape, settings.tile, settings.overlap, model.network.downsample_factor,
+                          (origin[1] * scale, origin[2] * scale))
     total = len(probe.windows()) * settings.samples * settings.evaluations * len(zs)
     done = [0]
 

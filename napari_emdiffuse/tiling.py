@@ -7,7 +7,6 @@ agree at every step (as in MultiDiffusion) and no seam appears, unlike stitching
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,13 +22,22 @@ class Cancelled(Exception):
         self.partial = partial
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Fewest tile starts covering ``length`` with at least ``overlap`` between neighbours,
-    spread evenly; the last tile ends flush with the image."""
+def tile_starts(length: int, tile: int, overlap: int, offset: int = 0) -> list[int]:
+    """Tile starts covering ``length`` pixels that begin at global position ``offset``, with at
+    least ``overlap`` between neighbours: the tiles of the global lattice (one every
+    ``tile - overlap`` pixels from 0) that fit, plus one flush with each end the lattice leaves
+    uncovered. Windows of one image (streamed chunks) so share their interior tiles; for a whole
+    image it costs as many tiles as the fewest that cover it."""
     if length <= tile:
         return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    stride = tile - overlap
+    first = -(-offset // stride) * stride - offset  # the first lattice point inside the window
+    starts = list(range(first, length - tile + 1, stride))
+    if not starts or starts[0] > 0:
+        starts.insert(0, 0)
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
 
 
 def taper(length: int, overlap: int) -> np.ndarray:
@@ -49,25 +57,28 @@ def round_up(n: int, multiple: int) -> int:
 @dataclass
 class TileGrid:
     """Tile positions over an (H, W) image; ``tile`` per axis is a multiple of the network's
-    downsampling factor. Images smaller than a tile are padded (reflect) by the caller."""
+    downsampling factor. Images smaller than a tile are padded (reflect) by the caller.
+    ``origin`` is the image's global position: tiles sit on the global lattice (see tile_starts)."""
 
     shape: tuple[int, int]
     tile: tuple[int, int]
     overlap: int
+    origin: tuple[int, int] = (0, 0)
 
     @classmethod
-    def plan(cls, shape: tuple[int, int], tile: int, overlap: int, multiple: int) -> "TileGrid":
+    def plan(cls, shape: tuple[int, int], tile: int, overlap: int, multiple: int,
+             origin: tuple[int, int] = (0, 0)) -> "TileGrid":
         tile_hw = tuple(min(round_up(tile, multiple), round_up(s, multiple)) for s in shape)
         overlap = min(overlap, min(tile_hw) // 2)
-        return cls(tuple(shape), tile_hw, overlap)
+        return cls(tuple(shape), tile_hw, overlap, tuple(origin))
 
     @property
     def padded_shape(self) -> tuple[int, int]:
         return tuple(max(s, t) for s, t in zip(self.shape, self.tile))
 
     def windows(self) -> list[tuple[slice, slice]]:
-        ys = tile_starts(self.padded_shape[0], self.tile[0], self.overlap)
-        xs = tile_starts(self.padded_shape[1], self.tile[1], self.overlap)
+        ys = tile_starts(self.padded_shape[0], self.tile[0], self.overlap, self.origin[0])
+        xs = tile_starts(self.padded_shape[1], self.tile[1], self.overlap, self.origin[1])
         return [(slice(y, y + self.tile[0]), slice(x, x + self.tile[1])) for y in ys for x in xs]
 
     def weights(self) -> np.ndarray:
