@@ -4,6 +4,7 @@ The validation split is by region: a band of rows is held out and training crops
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,9 +79,48 @@ class PatchPairs:
 
     def fixed_batch(self, batch: int, seed: int = 1234) -> dict[str, torch.Tensor]:
         """A reproducible batch (validation)."""
-        saved = self.extra_noise, self.intensity_jitter
-        self.extra_noise = self.intensity_jitter = 0.0
-        try:
+        with _plain([self]):
             return self.draw(batch, np.random.default_rng(seed))
-        finally:
-            self.extra_noise, self.intensity_jitter = saved
+
+
+@contextlib.contextmanager
+def _plain(parts: list[PatchPairs]):
+    """Draw without the extra noise and intensity jitter (validation sees the data as it is)."""
+    saved = [(p.extra_noise, p.intensity_jitter) for p in parts]
+    for p in parts:
+        p.extra_noise = p.intensity_jitter = 0.0
+    try:
+        yield
+    finally:
+        for p, (noise, jitter) in zip(parts, saved):
+            p.extra_noise, p.intensity_jitter = noise, jitter
+
+
+class PatchSet:
+    """Several :class:`PatchPairs` (images of different sizes) drawn as one, each image in
+    proportion to its area; all give patches of the same (the smallest) size."""
+
+    def __init__(self, parts: list[PatchPairs]):
+        if not parts:
+            raise ValueError("no training images: give at least one")
+        self.parts = list(parts)
+        self.patch = min(p.patch for p in self.parts)
+        for p in self.parts:
+            p.patch = self.patch
+        area = np.array([p.condition.shape[0] * p.condition.shape[-2] * p.condition.shape[-1] for p in self.parts],
+                        dtype=np.float64)
+        self.weights = area / area.sum()
+
+    def draw(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        picks = rng.choice(len(self.parts), size=batch, p=self.weights)
+        drawn = [self.parts[i].draw(1, rng) for i in picks]
+        return {key: torch.cat([d[key] for d in drawn]) for key in drawn[0]}
+
+    def fixed_batch(self, batch: int, seed: int = 1234) -> dict[str, torch.Tensor]:
+        with _plain(self.parts):
+            return self.draw(batch, np.random.default_rng(seed))
+
+
+def patch_set(parts: list[PatchPairs]) -> PatchPairs | PatchSet:
+    """One part as itself (its draws unchanged), several as a :class:`PatchSet`."""
+    return parts[0] if len(parts) == 1 else PatchSet(parts)

@@ -1,12 +1,15 @@
 """Run folders: a model card and weights any loader takes, plus the training state.
 
 Every file is written to a temporary name and renamed into place, so a kill during a save
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact; the card names its weights by hash, so new weights go
+in under a second name first (see :func:`save_model`) and the card never names missing or
+half-replaced weights.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import torch
 import yaml
 
 CARD_NAME, WEIGHTS_NAME, STATE_NAME = "card.yaml", "weights.pt", "state.pt"
+NEXT_WEIGHTS_NAME = "weights.next.pt"  # the second slot used while weights.pt is replaced
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -51,13 +55,46 @@ def save_card(card: dict, path: Path) -> None:
     atomic_write(path, write)
 
 
+def _card_naming(card: dict, weights_name: str, sha256: str) -> dict:
+    return {**card, "weights": {"file": weights_name, "sha256": sha256}}
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """Put ``source``'s bytes at ``destination`` atomically (a hard link where the disk allows)."""
+    def write(tmp):
+        os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+    atomic_write(destination, write)
+
+
 def save_model(card: dict, state_dict: dict, folder: Path) -> None:
-    """Weights first, then the card naming their hash: a card always points at complete weights."""
+    """Save weights and the card naming their hash, so that at every instant the card names
+    complete weights with that hash: new weights go to a second file, the card switches to it,
+    weights.pt becomes a copy of it, the card switches back, and the second file goes."""
     folder = Path(folder)
-    save_torch(state_dict, folder / WEIGHTS_NAME)
-    card = dict(card)
-    card["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_of(folder / WEIGHTS_NAME)}
-    save_card(card, folder / CARD_NAME)
+    save_torch(state_dict, folder / NEXT_WEIGHTS_NAME)
+    sha = sha256_of(folder / NEXT_WEIGHTS_NAME)
+    save_card(_card_naming(card, NEXT_WEIGHTS_NAME, sha), folder / CARD_NAME)
+    _link_or_copy(folder / NEXT_WEIGHTS_NAME, folder / WEIGHTS_NAME)
+    save_card(_card_naming(card, WEIGHTS_NAME, sha), folder / CARD_NAME)
+    os.remove(folder / NEXT_WEIGHTS_NAME)
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a killed save left behind (never the card, weights or state)."""
+    names = (CARD_NAME, WEIGHTS_NAME, NEXT_WEIGHTS_NAME, STATE_NAME)
+    leftovers = [p for p in Path(folder).glob(".*.tmp") if any(p.name.startswith(f".{n}.") for n in names)]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return leftovers
+
+
+def has_state(folder: str | os.PathLike) -> bool:
+    """A run that can be resumed (holds the training state, not just a model)."""
+    return (Path(folder) / STATE_NAME).is_file()
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:

@@ -2,11 +2,12 @@
 accumulation, AMP on CUDA, validation, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,6 +85,42 @@ class Trainer:
         self.history: list[dict] = []
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
+        # Dropout draws from torch's global generator: the run keeps its own stream of it, so a
+        # resumed run draws what the uninterrupted one would, whatever else used torch meanwhile.
+        self.torch_rng = torch.Generator().manual_seed(config.seed).get_state()
+        self.cuda_rng: torch.Tensor | None = None
+        self.save_requested = False
+        self._check_channels()
+
+    def _check_channels(self) -> None:
+        batch = (self.val_data or self.data).fixed_batch(1)
+        need = batch["condition"].shape[1] + batch["target"].shape[1]
+        have = getattr(self.network, "in_channel", need)
+        if have != need:
+            raise ValueError(f"model {self.model.name!r} takes {have - 1} condition channel(s) but this "
+                             f"{self.model.task} data gives {need - 1}: fine-tune a model made for this task "
+                             "and data, or start a new one from a size preset")
+        if "slice_index" in batch and not getattr(self.network, "slice_embedding", False):
+            raise ValueError(f"model {self.model.name!r} has no slice embedding, which isotropic training "
+                             "needs: fine-tune an isotropic model or start a new one from a size preset")
+
+    @contextlib.contextmanager
+    def _run_rng(self):
+        """Torch's global generator(s) set to the run's own stream for the duration."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.set_rng_state(self.torch_rng)
+            if cuda:
+                if self.cuda_rng is None:
+                    torch.cuda.manual_seed(self.cfg.seed)
+                else:
+                    torch.cuda.set_rng_state(self.cuda_rng, self.device)
+            try:
+                yield
+            finally:
+                self.torch_rng = torch.get_rng_state()
+                if cuda:
+                    self.cuda_rng = torch.cuda.get_rng_state(self.device)
 
     # ---- one optimisation step -------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
@@ -113,11 +150,15 @@ class Trainer:
             group["lr"] = lr_at(self.step, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(self.cfg.grad_accum):
-            batch = self.data.draw(self.cfg.batch_size, self.rng)
-            loss = self._loss(batch, self.generator) / self.cfg.grad_accum
-            self.scaler.scale(loss).backward()
-            total += loss.item()
+        with self._run_rng():
+            for _ in range(self.cfg.grad_accum):
+                batch = self.data.draw(self.cfg.batch_size, self.rng)
+                loss = self._loss(batch, self.generator) / self.cfg.grad_accum
+                self.scaler.scale(loss).backward()
+                total += loss.item()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"training diverged at step {self.step + 1} (the loss is {total}): "
+                                     "lower the learning rate (or turn off AMP) and resume from the last checkpoint")
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
@@ -161,6 +202,8 @@ class Trainer:
         return card
 
     def save(self) -> None:
+        """Write the training state, then the model (EMA weights + card); each write is atomic."""
+        runs.remove_partial_writes(self.run_dir)
         state = {
             "step": self.step,
             "network": self.network.state_dict(),
@@ -169,29 +212,52 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
+            "torch_rng": self.torch_rng,
             "history": self.history,
         }
+        if self.cuda_rng is not None:
+            state["cuda_rng"] = self.cuda_rng
         runs.save_torch(state, self.run_dir / runs.STATE_NAME)
         runs.save_model(self.card(), self.ema.network.state_dict(), self.run_dir)
+        self.save_requested = False
+
+    def request_save(self) -> None:
+        """Ask for a checkpoint after the current step (safe from another thread)."""
+        self.save_requested = True
 
     def resume(self) -> None:
-        state = torch.load(self.run_dir / runs.STATE_NAME, map_location=self.device, weights_only=True)
+        """Continue from the run folder's training state: model, EMA, optimiser, schedule
+        position, step, history and every random stream, so the loss curve carries on exactly."""
+        path = self.run_dir / runs.STATE_NAME
+        if not path.is_file():
+            raise ValueError(f"{self.run_dir} holds no training state ({runs.STATE_NAME}) to resume — "
+                             "start a new run there, or fine-tune from its model instead")
+        runs.remove_partial_writes(self.run_dir)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         self.network.load_state_dict(state["network"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["rng"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
+        if "torch_rng" in state:  # absent from checkpoints written before it was kept
+            self.torch_rng = state["torch_rng"].cpu()
+        if "cuda_rng" in state and self.device.type == "cuda":
+            self.cuda_rng = state["cuda_rng"].cpu()
         self.step, self.history = state["step"], list(state["history"])
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> list[dict]:
-        """Train until ``config.steps`` or a stop request (honoured within a step); always ends
-        with a saved checkpoint."""
+    def iterate(self, until: int | None = None) -> Iterator[TrainUpdate]:
+        """Train until ``config.steps`` (or step ``until``), yielding an update after every step;
+        a stop request is honoured after the step in progress. Whatever ends the loop (the last
+        step, a stop, an error, the consumer closing the generator) leaves a saved checkpoint,
+        except divergence, which keeps the last good one."""
+        end = self.cfg.steps if until is None else min(until, self.cfg.steps)
         self.network.train()
         t0 = time.perf_counter()
+        diverged = False
         try:
-            while self.step < self.cfg.steps and not self.should_stop():
+            while self.step < end and not self.should_stop():
                 loss = self.train_step()
                 update = TrainUpdate(self.step, self.cfg.steps, loss, lr_at(self.step - 1, self.cfg),
                                      seconds=time.perf_counter() - t0)
@@ -200,11 +266,21 @@ class Trainer:
                     update.val_loss, update.val_psnr, update.preview = self.validate()
                     record.update(val_loss=update.val_loss, val_psnr=update.val_psnr)
                 self.history.append(record)
-                if self.callback is not None:
-                    self.callback(update)
-                if self.step % self.cfg.checkpoint_every == 0:
+                yield update
+                if self.save_requested or self.step % self.cfg.checkpoint_every == 0:
                     self.save()
+        except FloatingPointError:
+            diverged = True
+            raise
         finally:
             self.network.eval()
-            self.save()
+            if not diverged:
+                self.save()
+
+    def run(self, until: int | None = None) -> list[dict]:
+        """Train until ``config.steps`` (or step ``until``) or a stop request, passing each update
+        to ``callback``; always ends with a saved checkpoint. Returns the loss history."""
+        for update in self.iterate(until):
+            if self.callback is not None:
+                self.callback(update)
         return self.history
