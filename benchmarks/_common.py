@@ -131,3 +131,135 @@ def load_note() -> str:
 
 def header(title: str) -> None:
     print(f"# {title}\n# {time.strftime('%Y-%m-%d %H:%M')} | {machine()} | {load_note()}", flush=True)
+
+
+# --- sampling the held-out region -------------------------------------------------------------
+
+def recipe_sigmas(sigma_min: float, sigma_max: float, skip_repeats: bool = False) -> torch.Tensor:
+    """EMDiffuse's sampling grid: all 1000 timesteps of its linear 1e-4..0.09 test schedule,
+    noisiest first, ending with 0, with each noise level clipped to the model's trained range.
+
+    Only 437 of the 1000 levels lie below sigma 80; the other 563 clip to sigma_max, where an
+    ancestral step from sigma_max to sigma_max leaves the state unchanged (no noise is added), so
+    they cost an evaluation each and change nothing. ``skip_repeats`` drops them for quality runs
+    (the result is the same up to float rounding); timing runs keep all 1000.
+    """
+    from napari_emdiffuse.diffusion.schedules import schedule_sigmas
+
+    sig = np.clip(schedule_sigmas("emdiffuse_test")[::-1], sigma_min, sigma_max)
+    if skip_repeats:
+        sig = np.concatenate([sig[:1], sig[1:][sig[1:] < sig[0]]])
+    return torch.tensor(np.append(sig, 0.0), dtype=torch.float64)
+
+
+def grid_settings(settings, sigmas: torch.Tensor):
+    """``settings`` whose sampler runs over the given noise levels instead of a named grid."""
+    from dataclasses import asdict
+
+    from napari_emdiffuse.restore import Settings
+
+    class FixedGrid(Settings):
+        def sigmas(self) -> torch.Tensor:
+            return sigmas
+
+        @property
+        def evaluations(self) -> int:
+            return len(sigmas) - 1
+
+    fields = asdict(settings)
+    fields["steps"] = len(sigmas) - 1
+    return FixedGrid(**fields)
+
+
+def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str = "channels_last"):
+    """``settings.samples`` restorations of ``noisy`` (image units, float64, (S, H, W)) through the
+    same sampler, tiling and seeded noise as :func:`napari_emdiffuse.restore.restore`; also the
+    seconds taken."""
+    from napari_emdiffuse.normalize import Normalizer
+    from napari_emdiffuse.restore import sample_plane
+
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    model.network.to("cpu", memory_format=fmt).eval()
+    norm = model.normalization
+    normalizer = Normalizer.fit(noisy, norm["low"], norm["high"])
+    cond = torch.from_numpy(normalizer(noisy))[None, None]
+    t0 = time.perf_counter()
+    xs, _ = sample_plane(model, cond, settings, seed=seed, streams=[(0, k) for k in range(settings.samples)])
+    seconds = time.perf_counter() - t0
+    return normalizer.inverse(xs[:, 0].float().numpy()).astype(np.float64), seconds
+
+
+def model_key(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def recipe_samples(model, noisy: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float, bool]:
+    """The EMDiffuse recipe's 2 samples of ``noisy`` (ancestral DDPM over :func:`recipe_sigmas`
+    with repeats skipped, fp32, batch 1), cached in build/bench/ by weights, crop and seed because
+    they take many minutes. Returns (samples, seconds it took, whether it came from the cache)."""
+    from napari_emdiffuse.restore import Settings
+
+    key = f"{model_key(model)}-{noisy.shape[0]}x{noisy.shape[1]}-{int(noisy.astype(np.int64).sum())}-{seed}"
+    path = REPO / "build" / "bench" / f"recipe-{key}.npz"
+    if path.exists():
+        cached = np.load(path)
+        return cached["samples"], float(cached["seconds"]), True
+    d = model.diffusion
+    base = Settings.for_model(model, torch.device("cpu"), sampler="ddpm", samples=2, overlap=32, batch_size=1)
+    settings = grid_settings(base, recipe_sigmas(float(d["sigma_min"]), float(d["sigma_max"]), skip_repeats=True))
+    samples, seconds = draw_samples(model, noisy, settings, seed=seed, layout="contiguous")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, samples=samples, seconds=seconds)
+    return samples, seconds, False
+
+
+def quality(samples: np.ndarray, clean: np.ndarray) -> dict:
+    """PSNR/SSIM of the mean of the samples and PSNR of the first alone, against the clean
+    image; ``spread`` is the mean per-pixel std between samples (grey levels): real posterior
+    samples differ, a sampler that only returns the blurred mean does not."""
+    mean = samples.mean(axis=0)
+    out = {"psnr": psnr(mean, clean), "ssim": ssim(mean, clean), "psnr_one": psnr(samples[0], clean)}
+    out["spread"] = float(samples.std(axis=0, ddof=1).mean()) if len(samples) > 1 else float("nan")
+    return out
+
+
+def forward_seconds(network: torch.nn.Module, batch: int, channels_last: bool = True, dtype: torch.dtype | None = None,
+                    repeats: int = 3, size: int = 256, compiled: bool = False) -> tuple[float, float]:
+    """Seconds per forward pass of ``batch`` tiles of ``size``^2 (fastest of ``repeats``) in the
+    given layout and autocast dtype, and the first call's seconds (compilation when compiled)."""
+    import contextlib
+
+    device = next(network.parameters()).device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    network = network.to(memory_format=fmt).eval()
+    fn = torch.compile(network) if compiled else network
+    x = torch.randn(batch, network.in_channel, size, size, device=device).contiguous(memory_format=fmt)
+    level = torch.full((batch,), 0.5, device=device)
+
+    def forward():
+        cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
+            return fn(x, level)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    t0 = time.perf_counter()
+    forward()
+    first = time.perf_counter() - t0
+    return timed(forward, repeats, warmup=1 if compiled else 0, sync=sync), first
+
+
+def device_peak(device: torch.device, dtype: torch.dtype | None, cache: dict = {}) -> float | None:
+    """FLOP/s the rate is compared with: the card's bf16 data-sheet peak on a GPU, the measured
+    matmul rate in the same dtype on the CPU."""
+    if device.type == "cuda":
+        return gpu_peak(torch.cuda.get_device_name())
+    key = dtype or torch.float32
+    if key not in cache:
+        cache[key] = matmul_peak(key)
+    return cache[key]

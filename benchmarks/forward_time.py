@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
-
 import torch
 
-from _common import PUBLISHED_UNET, count_flops, gpu_peak, header, load_demo, load_note, matmul_peak, timed
+from _common import PUBLISHED_UNET, count_flops, device_peak, forward_seconds, header, load_demo, load_note
 from napari_emdiffuse.nn.unet import UNet
 
 
@@ -41,48 +39,29 @@ def run(name: str, net: torch.nn.Module, device: torch.device, batches: list[int
     flops = count_flops(net, torch.randn(1, net.in_channel, 256, 256, device=device), level)
     print(f"\n## {name}: {params:.2f} M parameters, {flops / 1e9:.1f} GFLOP per 256x256 tile")
     print(f"{'variant':32s} {'batch':>5s} {'s/batch':>8s} {'tiles/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    peaks: dict = {}
+    torch.manual_seed(0)
+    probe = torch.randn(1, net.in_channel, 256, 256, device=device)
     reference = None
     for label, channels_last, dtype, compiled in variants(device, compile_):
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = net.to(memory_format=fmt)
-        fn = torch.compile(model) if compiled else model
         for batch in batches:
-            x = torch.randn(batch, net.in_channel, 256, 256, device=device, generator=None).contiguous(memory_format=fmt)
-            lv = level.expand(batch)
-
-            def forward():
-                cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-                with torch.inference_mode(), cast:
-                    return fn(x, lv)
-
-            t0 = time.perf_counter()
-            forward()  # first call: compilation when compiled
-            first = time.perf_counter() - t0
-            sec = timed(forward, repeats, warmup=1 if compiled else 0, sync=sync)
-            if device.type == "cuda":
-                peak = gpu_peak(torch.cuda.get_device_name())
-            else:
-                key = dtype or torch.float32
-                peak = peaks.setdefault(key, matmul_peak(key))
+            sec, first = forward_seconds(net, batch, channels_last, dtype, repeats, compiled=compiled)
+            peak = device_peak(device, dtype)
             rate = flops * batch / sec
             frac = f"{100 * rate / peak:6.1f}%" if peak else "    n/a"
             note = f"  (first call {first:.0f} s)" if compiled else ""
             print(f"{label:32s} {batch:5d} {sec:8.3f} {batch / sec:8.2f} {rate / 1e9:8.1f} {frac}{note}", flush=True)
-            if batch == 1:
-                torch.manual_seed(0)
-                probe = torch.randn(1, net.in_channel, 256, 256, device=device).contiguous(memory_format=fmt)
-                with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
-                    out = fn(probe, level).float()
-                if reference is None:
-                    reference = out
-                elif reference.abs().max() > 0:
-                    err = (out - reference).abs().max() / reference.abs().max()
-                    print(f"{'':32s} max |difference| to fp32 NCHW: {float(err):.2e} of the output range")
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+            out = net.to(memory_format=fmt)(probe.contiguous(memory_format=fmt), level).float()
+        if reference is None:
+            reference = out
+        elif reference.abs().max() > 0:
+            err = (out - reference).abs().max() / reference.abs().max()
+            print(f"{'':32s} max |difference| to fp32 NCHW: {float(err):.2e} of the output's largest value")
     net.to(memory_format=torch.contiguous_format)
     if device.type == "cpu":
-        print("peak (measured matmul): " + ", ".join(f"{str(k).split('.')[-1]} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+        print(f"peak (measured 2048^2 matmul): fp32 {device_peak(device, None) / 1e9:.0f} GFLOP/s"
+              + (f", bf16 {device_peak(device, torch.bfloat16) / 1e9:.0f} GFLOP/s" if any(v[2] for v in variants(device, False)) else ""))
 
 
 def main() -> None:
