@@ -1,0 +1,219 @@
+"""Find and load restoration models: bundled presets, model cards, run folders, weight files and
+EMDiffuse checkpoints, all through :func:`load_model`.
+
+Weights are only ever read with ``torch.load(weights_only=True)``, and a card's sha256 is checked
+before its weights are used.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import emdiffuse_compat
+from .device import resolve_device
+from .model import RestorationModel, model_from_card
+from .training.runs import CARD_NAME, is_run_folder, sha256_of
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt")
+CARD_SUFFIXES = (".yaml", ".yml")
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("EMDIFFUSE_MODELS_DIR") or REPO_ROOT / "models")
+
+
+def weights_dir() -> Path:
+    return REPO_ROOT / "weights"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EMDIFFUSE_CACHE") or Path.home() / ".cache" / "napari-emdiffuse")
+
+
+def read_card(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        card = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read the model card {path.name} ({_first_line(e)}) — "
+                         "check that it is a YAML model card") from None
+    if not isinstance(card, dict) or "network" not in card or "task" not in card:
+        raise ValueError(f"{path.name} is not a model card (it needs name, task and network) — "
+                         "pass a model card, a run folder or a weights file")
+    return card
+
+
+def _preset_cards() -> dict[str, Path]:
+    folder = models_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in CARD_SUFFIXES}
+
+
+def list_presets() -> list[dict]:
+    """The bundled model cards: name, task, description, default sampler/steps/samples, card path."""
+    presets = []
+    for name, path in _preset_cards().items():
+        card = read_card(path)
+        model = RestorationModel(card=card, network=torch.nn.Identity())
+        d = model.diffusion
+        presets.append({"name": card.get("name", name), "task": card["task"],
+                        "description": card.get("description", ""), "sampler": d["sampler"],
+                        "steps": d["steps"], "samples": d["samples"], "card": path})
+    return presets
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def read_state(path: str | Path) -> dict:
+    """A checkpoint's contents, read safely (tensors and plain containers only)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch reports unsafe pickles, zip errors, truncation... all alike
+        reason = _first_line(e)
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it contains Python objects or code, which are never loaded"
+        raise ValueError(f"{path.name} is not a readable weights file: {reason} — "
+                         "pass a *_Network.pth / *_Network_ema.pth checkpoint or a run folder") from None
+    if isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
+        wrapped = [state[k] for k in ("state_dict", "model", "network") if isinstance(state.get(k), dict)]
+        state = wrapped[0] if wrapped else state
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path.name} holds no network weights — "
+                         "pass a *_Network.pth / *_Network_ema.pth checkpoint or a run folder")
+    return state
+
+
+def _verify(path: Path, expected: str | None) -> None:
+    if expected and sha256_of(path) != expected:
+        raise ValueError(f"{path} does not match the sha256 in its model card (corrupt or wrong file) — "
+                         "delete it so it is fetched again, or fix the card")
+
+
+def _download(url: str, destination: Path, expected: str | None) -> Path:
+    if not expected:
+        raise ValueError(f"the model card gives a download URL but no sha256 for {destination.name} — "
+                         "add the weights' sha256 to the card")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as e:
+            raise ValueError(f"cannot download {destination.name} from {url} ({_first_line(e)}) — "
+                             f"check the connection, or put the file in {weights_dir()}") from None
+        if sha256_of(tmp) != expected:
+            raise ValueError(f"the file downloaded from {url} does not match the sha256 in its model card — "
+                             "the URL serves other weights: fix the card or fetch the file by hand")
+        os.replace(tmp, destination)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return destination
+
+
+def fetch_weights(card: dict, card_dir: Path | None = None) -> Path:
+    """The card's weight file, found next to the card, in ``weights/``, in the cache, or downloaded
+    into the cache from the card's ``url``; its sha256 is checked in every case."""
+    spec = card.get("weights") or {}
+    if not spec.get("file"):
+        raise ValueError(f"model card {card.get('name', '?')!r} names no weights file — "
+                         "add weights: {file: ..., sha256: ...} to the card")
+    name, expected = spec["file"], spec.get("sha256")
+    places = ([card_dir] if card_dir else []) + [weights_dir(), cache_dir()]
+    for folder in places:
+        if (folder / name).is_file():
+            _verify(folder / name, expected)
+            return folder / name
+    if spec.get("url"):
+        return _download(spec["url"], cache_dir() / name, expected)
+    raise ValueError(f"weights {name} of model {card.get('name', '?')!r} are not in "
+                     f"{', '.join(str(p) for p in places)} and the card gives no url — "
+                     "train or download them first")
+
+
+def _model_from_card_file(card_path: Path) -> RestorationModel:
+    card = read_card(card_path)
+    weights = fetch_weights(card, card_path.parent)
+    return _build(card, read_state(weights), f"{card_path}")
+
+
+def _build(card: dict, state: dict, source: str) -> RestorationModel:
+    try:
+        return model_from_card(card, state, source=source)
+    except RuntimeError as e:  # load_state_dict's missing/unexpected keys, shape mismatches
+        raise ValueError(f"the weights do not fit the network of model {card.get('name', '?')!r} "
+                         f"({' '.join(str(e).split())[:300]}) — check that card and weights belong together") from None
+
+
+def _card_next_to(weights: Path) -> Path | None:
+    """A card describing these weights: ``<stem>.yaml`` or a run folder's ``card.yaml``."""
+    for candidate in (weights.with_suffix(".yaml"), weights.with_suffix(".yml"), weights.parent / CARD_NAME):
+        if candidate.is_file():
+            card = read_card(candidate)
+            if (card.get("weights") or {}).get("file", weights.name) == weights.name:
+                return candidate
+    return None
+
+
+def _model_from_weights(path: Path) -> RestorationModel:
+    card_path = _card_next_to(path)
+    state = read_state(path)
+    if card_path is not None:
+        card = read_card(card_path)
+        _verify(path, (card.get("weights") or {}).get("sha256"))
+        return _build(card, state, str(path))
+    if emdiffuse_compat.is_emdiffuse_state(state):
+        card, sd = emdiffuse_compat.card_for_checkpoint(path, state)
+        return _build(card, sd, str(path))
+    raise ValueError(f"{path.name} is neither an EMDiffuse checkpoint nor next to a model card — "
+                     "pass the run folder or the model card that goes with it")
+
+
+def load_model(name_or_path: str | os.PathLike, task: str | None = None,
+               device: str | torch.device = "cpu") -> RestorationModel:
+    """A bundled preset name, a model card (.yaml), a run folder, our own weights next to a card,
+    or an EMDiffuse ``*_Network.pth`` / ``*_Network_ema.pth``; checked against ``task`` if given."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    presets = _preset_cards()
+    if path.is_dir():
+        if not is_run_folder(path):
+            raise ValueError(f"{path} is a folder without a {CARD_NAME} — pass a run folder, "
+                             "a model card or a weights file")
+        model = _model_from_card_file(path / CARD_NAME)
+    elif path.is_file() and path.suffix.lower() in CARD_SUFFIXES:
+        model = _model_from_card_file(path)
+    elif path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES:
+        model = _model_from_weights(path)
+    elif path.is_file():
+        raise ValueError(f"{path.name} is not a model (not a .yaml card, .pt/.pth weights or a run folder) — "
+                         "pass one of those or a preset name")
+    elif text in presets:
+        model = _model_from_card_file(presets[text])
+    else:
+        known = ", ".join(presets) or "none installed"
+        raise ValueError(f"no model file or preset named {text!r} (presets: {known}) — "
+                         "pass a preset name, a model card, a run folder or a checkpoint")
+    if task is not None and model.task != task:  # named by what the user passed, which may be a path
+        article = "an" if model.task[0] in "aeiou" else "a"
+        raise ValueError(f"{path.name if path.exists() else text} is {article} {model.task} model, not a {task} model — "
+                         f"choose a {task} model (`emdiffuse models` lists the bundled ones)")
+    return model.to(resolve_device(device))
+
+
+__all__ = ["load_model", "list_presets", "read_card", "read_state", "fetch_weights", "models_dir",
+           "weights_dir", "cache_dir"]
