@@ -159,18 +159,21 @@ def _build(card: dict, state: dict, source: str) -> RestorationModel:
                          f"({' '.join(str(e).split())[:300]}) — check that card and weights belong together") from None
 
 
-def _card_next_to(weights: Path) -> Path | None:
-    """A card describing these weights: ``<stem>.yaml`` or a run folder's ``card.yaml``."""
-    for candidate in (weights.with_suffix(".yaml"), weights.with_suffix(".yml"), weights.parent / CARD_NAME):
-        if candidate.is_file():
-            card = read_card(candidate)
-            if (card.get("weights") or {}).get("file", weights.name) == weights.name:
-                return candidate
+def _card_for_weights(weights: Path) -> Path | None:
+    """A card describing these weights: ``<stem>.yaml``, a run folder's ``card.yaml``, or the
+    bundled preset that names this file (``weights/demo-denoise.pt`` -> ``models/demo-denoise.yaml``)."""
+    nearby = [weights.with_suffix(".yaml"), weights.with_suffix(".yml"), weights.parent / CARD_NAME]
+    for candidate in [p for p in nearby if p.is_file()]:  # a card next to the file may leave weights out
+        if (read_card(candidate).get("weights") or {}).get("file", weights.name) == weights.name:
+            return candidate
+    for candidate in _preset_cards().values():
+        if (read_card(candidate).get("weights") or {}).get("file") == weights.name:
+            return candidate
     return None
 
 
 def _model_from_weights(path: Path) -> RestorationModel:
-    card_path = _card_next_to(path)
+    card_path = _card_for_weights(path)
     state = read_state(path)
     if card_path is not None:
         card = read_card(card_path)

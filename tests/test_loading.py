@@ -211,6 +211,13 @@ def test_preset_downloads_into_cache_then_uses_it(tiny_run, preset_env):
     assert not list(cache.glob(".*part"))
 
 
+def test_weights_file_of_a_preset_finds_its_card(tiny_run, preset_env):
+    model, _ = tiny_run
+    server, _, _ = preset_env
+    loaded = load_model(server / "tiny-test.pt")  # as weights/demo-denoise.pt finds models/demo-denoise.yaml
+    assert loaded.name == "tiny-test" and _same_network(model, loaded)
+
+
 def test_preset_download_with_wrong_sha256_is_discarded(preset_env):
     _, models, cache = preset_env
     card = yaml.safe_load((models / "tiny-test.yaml").read_text())
