@@ -23,6 +23,7 @@ import tifffile
 import torch
 import yaml
 
+from _time_budget import TimeBudget
 from napari_emdiffuse.model import model_from_card
 from napari_emdiffuse.sample_data import load_fibsem
 from napari_emdiffuse.tasks import isotropic as iso
@@ -68,14 +69,16 @@ def train(args) -> None:
     model = model_from_card(card)
     t0 = time.time()
 
+    budget = TimeBudget(args.minutes)
+
     def report(u: TrainUpdate) -> None:
+        budget(trainer, u.step)
         if u.val_loss is not None or u.step % 50 == 0:
             val_text = f" val_loss {u.val_loss:.4f} val_psnr1 {u.val_psnr:.2f}" if u.val_loss is not None else ""
             print(f"step {u.step}/{u.total} loss {u.loss:.4f} lr {u.lr:.2e} {u.seconds:.0f}s{val_text}", flush=True)
 
-    deadline = time.time() + args.minutes * 60 if args.minutes else None
     trainer = Trainer(model, data, cfg, args.run, val_data=val, callback=report,
-                      should_stop=(lambda: time.time() > deadline) if deadline else None)
+                      should_stop=lambda: trainer.step >= trainer.cfg.steps)  # the budget may shorten it
     if args.resume:
         trainer.resume()
     trainer.run()
@@ -123,7 +126,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--steps", type=int, default=2500)
-    t.add_argument("--minutes", type=float, default=0, help="stop after this long (0: no limit)")
+    t.add_argument("--minutes", type=float, default=0, help="fit the steps into this many minutes, measured after 40 steps (0: no limit)")
     t.add_argument("--run", default="build/isotropic-fibsem-run")
     t.add_argument("--patch", type=int, default=64)
     t.add_argument("--batch", type=int, default=8)
