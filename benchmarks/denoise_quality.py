@@ -61,8 +61,8 @@ def bm3d_filter(noisy, sigma):
 def baselines(noisy, clean) -> dict:
     return {
         "noisy": scores(noisy, clean),
-        "gaussian": best_of(lambda x, s: gaussian_filter(x.astype(np.float64), s), [0.6, 0.8, 1.0, 1.3, 1.6, 2.0], noisy, clean),
-        "bm3d": best_of(bm3d_filter, [6, 9, 12, 16, 20, 26, 32], noisy, clean),
+        "gaussian": best_of(lambda x, s: gaussian_filter(x.astype(np.float64), s), [0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.3], noisy, clean),
+        "bm3d": best_of(bm3d_filter, [3, 4, 5, 6, 7, 8, 10, 13], noisy, clean),
     }
 
 

@@ -43,7 +43,10 @@ def main() -> None:
     ap.add_argument("--run", default="build/demo-denoise-run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # one thread is robust on a CPU shared with other jobs
     torch.manual_seed(args.seed)
     noisy, clean = load_pair()
     cond = Normalizer.fit(noisy)(noisy)
