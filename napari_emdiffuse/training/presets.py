@@ -7,6 +7,7 @@ its depth cost and trains on a laptop GPU; ``tiny`` is the bundled demo's size a
 from __future__ import annotations
 
 import copy
+import os
 
 PRESETS: dict[str, dict] = {
     "tiny": {"inner_channel": 16, "channel_mults": [1, 2, 4, 4], "res_blocks": 1, "attn_res": [],
@@ -45,7 +46,7 @@ def network_card(preset: str, condition_channels: int = 1, slice_embedding: bool
 
 
 def new_card(task: str, preset: str = "tiny", name: str | None = None, condition_channels: int = 1,
-             slice_embedding: bool = False, aleatoric: bool = True, tile: int = 256) -> dict:
+             slice_embedding: bool = False, aleatoric: bool = True) -> dict:
     """A complete model card for a model trained from scratch."""
     return {
         "name": name or f"my-{task}",
@@ -54,5 +55,33 @@ def new_card(task: str, preset: str = "tiny", name: str | None = None, condition
         "network": network_card(preset, condition_channels, slice_embedding, aleatoric),
         "diffusion": copy.deepcopy(NEW_MODEL_DIFFUSION),
         "normalization": {"low": 0.1, "high": 99.9},
-        "tile": {"size": tile, "overlap": tile // 8},
     }
+
+
+def start_model(data, preset: str = "tiny", base=None, name: str | None = None):
+    """The model a run trains: a new one of size ``preset``, or ``base`` (a loaded
+    RestorationModel, e.g. from ``load_model``) to fine-tune. ``data`` is a TrainingData."""
+    from ..model import RestorationModel, model_from_card
+
+    if base is None:
+        card = new_card(data.task, preset, name, data.condition_channels, data.slice_embedding)
+        card.update(copy.deepcopy(data.card))
+        card["training"] = {"data": data.info}
+        return model_from_card(card)
+    base.require_task(data.task)
+    card = {k: copy.deepcopy(v) for k, v in base.card.items() if k not in ("weights", "training", "evaluation")}
+    card.update(copy.deepcopy(data.card))
+    card["name"] = name or f"{base.name}-finetuned"
+    card["description"] = f"{base.card.get('description', base.name)} Fine-tuned on the user's data."
+    card["training"] = {"data": data.info, "fine_tuned_from": base.source or base.name}
+    return RestorationModel(card=card, network=base.network, source=base.source)
+
+
+def run_model(run_dir):
+    """The model of an existing run folder, to resume: its card's network (the training state
+    then restores every weight)."""
+    from ..loading import read_card
+    from ..model import model_from_card
+    from . import runs
+
+    return model_from_card(read_card(os.path.join(run_dir, runs.CARD_NAME)))

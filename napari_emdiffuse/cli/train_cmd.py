@@ -1,0 +1,190 @@
+"""``emdiffuse train {denoise,superres,isotropic} ... -o RUN_DIR``: train or fine-tune a model on
+your own data. The run folder then works as ``--model RUN_DIR`` everywhere; ``--resume``
+continues it exactly where it stopped (Ctrl-C stops after the current step and saves)."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+from .common import EXIT_INTERRUPTED, handle_errors, positive_int
+
+PRESET_NAMES = ("tiny", "small", "base")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 0.5:
+        raise argparse.ArgumentTypeError(f"expected a fraction below 0.5, got {text}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", metavar="RUN_DIR", required=True,
+                        help="run folder: model card, weights and training state (use it as --model RUN_DIR)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in RUN_DIR with its settings (give the same data)")
+    parser.add_argument("--model", metavar="NAME|PATH",
+                        help="fine-tune this model (preset name, model card, run folder or EMDiffuse "
+                             "checkpoint) instead of training a new one")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="tiny",
+                        help="size of a new model: tiny (CPU), small (laptop GPU), base (published "
+                             "EMDiffuse size, GPU) (default: tiny)")
+    parser.add_argument("--name", help="model name in the card (default: my-TASK)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="total optimisation steps (default: the preset's)")
+    parser.add_argument("--seed", type=int, metavar="S", help="random seed (default: 0)")
+    parser.add_argument("--patch", type=positive_int, metavar="P", help="training crop size in pixels (default: the preset's)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="B", help="crops per step (default: the preset's)")
+    parser.add_argument("--grad-accum", type=positive_int, metavar="K", help="batches accumulated per step (default: 1)")
+    parser.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate (default: the preset's)")
+    parser.add_argument("--warmup", type=int, metavar="N", help="warm-up steps before the cosine decay")
+    parser.add_argument("--ema-decay", type=_positive_float, metavar="D", help="EMA decay of the saved weights (default: 0.999)")
+    parser.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
+                        help="share of each image held out for validation, as a band at its end (default: 0.2)")
+    parser.add_argument("--val-every", type=positive_int, metavar="N", help="validate every N steps (default: ~10 times a run)")
+    parser.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="save every N steps (default: at each validation)")
+    parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
+    parser.add_argument("--no-amp", dest="amp", action="store_const", const=False,
+                        help="full precision on CUDA (mixed precision is the default there)")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train or fine-tune a model on your own data",
+        description="Train (or fine-tune with --model) a model on your own images. The run folder holds a "
+                    "model card and weights that --model RUN_DIR takes everywhere, and the training state "
+                    "that --resume continues exactly. Ctrl-C stops after the current step and saves.")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    p = tasks.add_parser("denoise", help="from noisy / clean pairs of the same field",
+                         description="Train a denoiser on noisy (fast scan) / clean (slow scan) pairs. Each pair's "
+                                     "registration is checked; --register aligns a misregistered pair.")
+    p.add_argument("--input", nargs="+", required=True, metavar="NOISY", help="noisy images (TIFF or zarr, 2D or stacks)")
+    p.add_argument("--target", nargs="+", required=True, metavar="CLEAN", help="clean images, in the same order")
+    p.add_argument("--register", action="store_true",
+                   help="align misregistered pairs (global shift by phase correlation, then optical flow)")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the registration check")
+    p.add_argument("--extra-noise", type=float, default=0.0, metavar="S",
+                   help="also train on inputs with up to S more Gaussian noise (normalised units), for faster scans")
+    _add_common(p)
+    p.set_defaults(func=run)
+
+    p = tasks.add_parser("superres", help="from high-resolution images (the input is made by binning)",
+                         description="Train a super-resolution model on high-resolution images: the "
+                                     "low-resolution input is their SCALE x SCALE binning.")
+    p.add_argument("--target", nargs="+", required=True, metavar="HR", help="high-resolution images (TIFF or zarr)")
+    p.add_argument("--scale", type=positive_int, default=2, metavar="S", help="upscaling factor (default: 2)")
+    _add_common(p)
+    p.set_defaults(func=run)
+
+    p = tasks.add_parser("isotropic", help="from a volume (isotropic, or the anisotropic one itself)",
+                         description="Train an isotropic-reconstruction model (vEMDiffuse) that generates the "
+                                     "F-1 slices between two acquired ones. By default VOLUME is isotropic and its "
+                                     "z planes are subsampled; with --anisotropic it is the anisotropic volume "
+                                     "itself, resliced so a lateral axis plays z.")
+    p.add_argument("--volume", required=True, metavar="V", help="the volume (Z, Y, X), TIFF or zarr")
+    p.add_argument("--z-factor", type=positive_int, required=True, metavar="F",
+                   help="output slices per acquired slice spacing (e.g. 5 for 50 nm sections at 10 nm pixels)")
+    p.add_argument("--anisotropic", action="store_true",
+                   help="VOLUME is the anisotropic volume itself (vEMDiffuse-a route)")
+    _add_common(p)
+    p.set_defaults(func=run)
+
+
+def _inputs(args: argparse.Namespace) -> dict:
+    common = {"val_fraction": args.val_fraction}
+    if args.task == "denoise":
+        return {**common, "noisy": args.input, "clean": args.target, "register": args.register,
+                "check": args.check, "extra_noise": args.extra_noise}
+    if args.task == "superres":
+        return {**common, "high_res": args.target, "scale": args.scale}
+    return {**common, "volume": args.volume, "z_factor": args.z_factor, "anisotropic": args.anisotropic}
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "seed": args.seed, "patch": args.patch, "batch_size": args.batch_size,
+            "grad_accum": args.grad_accum, "lr": args.lr, "warmup": args.warmup, "ema_decay": args.ema_decay,
+            "val_every": args.val_every, "checkpoint_every": args.checkpoint_every, "device": args.device,
+            "amp": args.amp}
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the trainer to stop after the current step (and save); a second one
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nemdiffuse: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+        self.previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+@handle_errors
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..training import session
+
+    stop = StopOnInterrupt()
+    trainer, data = session.prepare(args.task, args.output, _inputs(args), preset=args.preset, base=args.model,
+                                    resume=args.resume, name=args.name, settings=_settings(args),
+                                    should_stop=stop)
+    cfg = trainer.cfg
+    if data.aligned:
+        worst = min(data.registration, key=lambda r: r.correlation)
+        print(f"aligned {data.aligned} misregistered image(s) (global shift, then optical flow); "
+              f"after alignment {worst.message}", file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=trainer.step, desc=f"train {args.task}", unit="step", file=sys.stderr,
+               dynamic_ncols=True, disable=not sys.stderr.isatty())
+    last_val = {}
+
+    def show(update) -> None:
+        bar.update(update.step - bar.n)
+        postfix = {"loss": f"{update.loss:.4f}"}
+        if update.val_loss is not None:
+            last_val.update(val_loss=update.val_loss, val_psnr=update.val_psnr)
+            if bar.disable:  # a log file, not a terminal: one line per validation
+                print(f"step {update.step}/{update.total} loss {update.loss:.4f} val_loss {update.val_loss:.4f} "
+                      f"val_psnr {update.val_psnr:.2f} dB", file=sys.stderr, flush=True)
+        if last_val:
+            postfix.update(val=f"{last_val['val_loss']:.4f}", psnr=f"{last_val['val_psnr']:.1f}dB")
+        bar.set_postfix(postfix, refresh=False)
+
+    trainer.callback = show
+    t0 = time.perf_counter()
+    start = trainer.step
+    with stop:
+        trainer.run()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    val = (f"; validation loss {last_val['val_loss']:.4f}, one-step PSNR {last_val['val_psnr']:.2f} dB"
+           if last_val else "")
+    how = "stopped" if trainer.step < cfg.steps else "trained"
+    print(f"{how} {args.task} model {trainer.model.name!r}: steps {start}-{trainer.step} of {cfg.steps} "
+          f"in {seconds:.1f} s on {trainer.device}{val} -> {args.output} (use --model {args.output}"
+          f"{'; continue with --resume' if trainer.step < cfg.steps else ''})")
+    return EXIT_INTERRUPTED if stop.requested and trainer.step < cfg.steps else 0
