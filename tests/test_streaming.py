@@ -247,3 +247,19 @@ def test_lazy_layer_shows_finished_chunks_as_they_arrive(tmp_path):
             finished[earlier[1:]] = True
         np.testing.assert_array_equal(view[finished], final[finished])
         assert (view[~finished] == 0).all()
+
+
+def test_cli_chunk_streams_resumes_and_explains_a_tiff_output(tmp_path, tiny_model_dir, capsys):
+    from napari_emdiffuse.cli import main
+
+    source = tmp_path / "in.zarr"
+    zarr.create_array(str(source), data=volume((2, 64, 64)), chunks=(1, 32, 32))
+    args = ["denoise", str(source), "-o", str(tmp_path / "out.zarr"), "--model", str(tiny_model_dir),
+            "--chunk", "32", "--halo", "8", "--steps", "1", "--device", "cpu"]
+    assert main(args) == 0
+    assert "in 8 chunks (8 restored) on this machine" in capsys.readouterr().out
+    assert finished_chunks(tmp_path / "out.zarr").all() and (tmp_path / "out_std.zarr").is_dir()
+    assert main(args) == 0
+    assert "(0 restored, 8 already done)" in capsys.readouterr().out
+    assert main([*args[:3], str(tmp_path / "out.tif"), *args[4:]]) == 2
+    assert "give OUTPUT a .zarr name" in capsys.readouterr().err

@@ -85,6 +85,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser, default_model: str | 
     parser.add_argument("--overlap", type=int, metavar="PX", help="tile overlap in pixels (default: the model card's)")
     parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; the same seed gives the same result (default: 0)")
+    from .streaming_opts import add_streaming_arguments  # --chunk/--halo/--cluster: streaming.py
+
+    add_streaming_arguments(parser)
 
 
 @contextlib.contextmanager
@@ -161,8 +164,11 @@ def run_restore_command(args: argparse.Namespace, task: str, extra: dict | None 
     from ..loading import load_model
     from ..normalize import to_dtype
     from ..uncertainty import unreliable_fraction
+    from .streaming_opts import run_streaming, wants_streaming
 
     source, outputs = check_paths(args.input, args.output)
+    if wants_streaming(args):
+        return run_streaming(args, task, source, DEFAULT_MODELS.get(task))
     image = read_image(source)
     check_image(image, source.name)
     model_name = args.model or DEFAULT_MODELS.get(task)

@@ -39,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_image, read_image, read_voxel_size, write_image
     from ..loading import load_model
     from ..tasks.isotropic import reconstruct
+    from .streaming_opts import run_streaming, wants_streaming
 
     source, outputs = check_paths(args.input, args.output)
+    if wants_streaming(args):  # --chunk/--halo/--cluster: streaming.py
+        return run_streaming(args, "isotropic", source, DEFAULT_MODEL)
     volume = read_image(source)
     check_image(volume, source.name)
     if volume.ndim != 3 or volume.shape[0] < 2:
