@@ -1,0 +1,197 @@
+"""Result layers of a restore: the restored image, its uncertainty overlays and reliability mask,
+placed on the source layer's grid, filled slice by slice, replacing the previous results of the
+same source."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..uncertainty import reliability_mask
+
+KEY = "emdiffuse"  # layer.metadata key: {"source": source uid, "role": ..., "span": ...}
+ROLES = ("restored", "std", "aleatoric", "mask")
+MASK_COLOR = (1.0, 0.15, 0.1, 1.0)
+PLACE_PAUSE_MS = 15
+
+
+def source_array(layer):
+    """The full-resolution data of an image layer (level 0 of a multiscale one)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def layer_uid(layer) -> str:
+    return str(layer.unique_id)
+
+
+def role_of(layer) -> str | None:
+    return (layer.metadata.get(KEY) or {}).get("role")
+
+
+def find_results(layers, source_uid: str) -> dict:
+    """role -> layer for the results of the source with this uid."""
+    found = {}
+    for layer in layers:
+        meta = layer.metadata.get(KEY) or {}
+        if meta.get("source") == source_uid and meta.get("role") in ROLES:
+            found[meta["role"]] = layer
+    return found
+
+
+def placement(source, out_plane: tuple[int, int], first_z: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and translate of a result whose planes are ``out_plane`` (the source's plane, or
+    larger for super-resolution) and whose first slice is the source's slice ``first_z``.
+    Pixel centres follow napari's convention, so the pixel boxes of both layers coincide."""
+    scale = np.asarray(source.scale, dtype=float).copy()
+    translate = np.asarray(source.translate, dtype=float).copy()
+    in_plane = source_array(source).shape[-2:]
+    for axis, (n_in, n_out) in zip((-2, -1), zip(in_plane, out_plane)):
+        factor = n_out / n_in
+        new_scale = scale[axis] / factor
+        translate[axis] += -scale[axis] / 2 + new_scale / 2
+        scale[axis] = new_scale
+    if source.ndim == 3:
+        translate[0] += first_z * scale[0]
+    return scale, translate
+
+
+def _matrix(value) -> np.ndarray:
+    """A scale / translate vector or an Affine transform as an array, for comparisons."""
+    return np.asarray(getattr(value, "affine_matrix", value), dtype=float)
+
+
+def _std_limits(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    return 0.0, max(top, 1e-6)
+
+
+def mask_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: MASK_COLOR})
+
+
+class ResultLayers:
+    """The result layers of one run. Layers appear (or take over the previous results of the
+    same source) when the first slice finishes, one per turn of the Qt event loop so the viewer
+    stays responsive while napari builds them; later slices fill them in place.
+    ``on_placed(layers)`` is called once all of them exist."""
+
+    def __init__(self, viewer, source, slices: Sequence[int], threshold: Callable[[], float],
+                 show: dict[str, bool] | None = None, on_placed: Callable[[dict], None] | None = None):
+        self.viewer, self.source, self.threshold = viewer, source, threshold
+        self.source_uid = layer_uid(source)
+        self.slices = list(slices)  # source z of each result plane (a 2D source: [0])
+        self.show = show or {}
+        self.on_placed = on_placed
+        self.arrays: dict[str, np.ndarray] = {}
+        self.layers: dict = {}
+        self.finished: list[int] = []
+        self.meta: dict = {}
+        self._pending: list[str] = []
+        self._previous: dict = {}
+        self._grid: dict = {}
+
+    @property
+    def stacked(self) -> bool:
+        return self.source.ndim == 3
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.layers) and not self._pending
+
+    def add_slice(self, z: int, result) -> None:
+        first = not self.arrays
+        if first:
+            self._allocate(result)
+        index = self.slices.index(z) if self.stacked else ...
+        for role in ("restored", "std", "aleatoric"):
+            if role in self.arrays:
+                self.arrays[role][index] = self._part(result, role)
+        if "mask" in self.arrays:  # at the threshold shown now, which may have moved during the run
+            basis = result.std if result.std is not None else result.aleatoric
+            self.arrays["mask"][index] = reliability_mask(basis, self.meta["span"], self.threshold())
+        self.finished.append(z)
+        if first:
+            self._start_placing()
+        for layer in self.layers.values():
+            layer.refresh()
+
+    def finish(self) -> None:
+        """Keep only the finished slices (a cancelled or failed stack); settle the contrast."""
+        if not self.arrays:
+            return
+        keep = len(self.finished)
+        if self.stacked and keep < len(self.slices):  # slices run in order: the finished come first
+            for role in self.arrays:
+                self.arrays[role] = self.arrays[role][:keep]
+                if role in self.layers:
+                    self.layers[role].data = self.arrays[role]
+        if "std" in self.layers:
+            self.layers["std"].contrast_limits = _std_limits(self.arrays["std"])
+
+    @staticmethod
+    def _part(result, role: str):
+        return {"restored": result.mean, "std": result.std, "aleatoric": result.aleatoric}.get(role)
+
+    def _allocate(self, result) -> None:
+        lead = (len(self.slices),) if self.stacked else ()
+        for role in ("restored", "std", "aleatoric"):
+            part = self._part(result, role)
+            if part is not None:
+                self.arrays[role] = np.zeros(lead + part.shape, dtype=part.dtype)
+        if "std" in self.arrays or "aleatoric" in self.arrays:
+            self.arrays["mask"] = np.zeros(lead + result.mean.shape, dtype=np.uint8)
+        lo, hi = result.info.get("normalizer", (0.0, 2.0))
+        self.meta = {"span": float(hi - lo), "model": result.info.get("model")}
+
+    def _start_placing(self) -> None:
+        self._previous = find_results(self.viewer.layers, self.source_uid)
+        for role, old in self._previous.items():
+            if role not in self.arrays:
+                self.viewer.layers.remove(old)
+        out_plane = self.arrays["restored"].shape[-2:]
+        scale, translate = placement(self.source, out_plane, self.slices[0] if self.stacked else 0)
+        self._grid = {"scale": scale, "translate": translate, "affine": self.source.affine}
+        self._pending = [role for role in ROLES if role in self.arrays]
+        self._place_next()
+
+    def _place_next(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        role = self._pending[0]
+        data = self.arrays[role]
+        meta = {KEY: dict(self.meta, source=self.source_uid, role=role)}
+        layer = self._previous.get(role)
+        if layer is None:  # placed at creation: a layer added off-grid would move the viewer's slice
+            layer = self._add(role, data, meta, self._grid)
+        else:
+            layer.metadata = meta
+            for name, value in self._grid.items():  # each change makes napari re-slice: skip no-ops
+                if not np.allclose(_matrix(getattr(layer, name)), _matrix(value)):
+                    setattr(layer, name, value)
+            layer.data = data
+        if role == "restored":
+            layer.contrast_limits = self.source.contrast_limits
+        elif role == "std":
+            layer.contrast_limits = _std_limits(data[: len(self.finished)] if self.stacked else data)
+        self.layers[role] = layer
+        self._pending.pop(0)
+        if self._pending:  # a short pause lets the viewer repaint and take input in between
+            QTimer.singleShot(PLACE_PAUSE_MS, self._place_next)
+        elif self.on_placed is not None:
+            self.on_placed(self.layers)
+
+    def _add(self, role: str, data, meta, grid: dict):
+        name = self.source.name
+        common = {"metadata": meta, "units": self.source.units, "axis_labels": self.source.axis_labels, **grid}
+        if role == "restored":
+            return self.viewer.add_image(data, name=f"{name} restored", colormap="gray", **common)
+        if role == "mask":
+            return self.viewer.add_labels(data, name=f"{name} unreliable", opacity=0.5,
+                                          colormap=mask_colormap(), visible=self.show.get("mask", True), **common)
+        label, colormap = {"std": ("uncertainty (std)", "inferno"), "aleatoric": ("aleatoric (std)", "viridis")}[role]
+        # additive blending: low uncertainty is dark and adds nothing, so the image shows through
+        return self.viewer.add_image(data, name=f"{name} {label}", colormap=colormap, blending="additive",
+                                     opacity=0.8, visible=self.show.get(role, role == "std"), **common)

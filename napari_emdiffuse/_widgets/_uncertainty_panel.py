@@ -1,0 +1,122 @@
+"""Uncertainty inspection: reliability threshold (live), unreliable fraction in view, overlay toggles."""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, FloatSlider, Label
+from superqt.utils import qdebounced
+
+from ..uncertainty import reliability_mask, unreliable_fraction
+from ._results import KEY, layer_uid
+from ._state import UncertaintyView, bind
+
+TOGGLES = {"std": "show_std", "aleatoric": "show_aleatoric", "mask": "show_mask"}  # role -> view field
+
+
+def fraction_in_view(mask_layer, world_point, ndisplay: int = 2) -> float | None:
+    """Fraction of unreliable pixels on screen: the displayed slice, cropped to the visible
+    region (the layer's corner pixels); None where the layer has no slice at this point."""
+    data = np.asarray(mask_layer.data)
+    if ndisplay == 3:
+        return unreliable_fraction(data)
+    if data.ndim == 3:
+        z = int(np.round(mask_layer.world_to_data(world_point)[0]))
+        if not 0 <= z < data.shape[0]:
+            return None
+        data = data[z]
+    (y0, x0), (y1, x1) = np.asarray(mask_layer.corner_pixels)[:, -2:]
+    if y1 > y0 and x1 > x0:  # zero until the canvas has drawn the layer once
+        data = data[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
+    return unreliable_fraction(data)
+
+
+class UncertaintyPanel(Container):
+    """Shows and edits an :class:`UncertaintyView` for the current result layers."""
+
+    def __init__(self, viewer, view: UncertaintyView):
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.005,
+                                     tooltip="uncertainty (in the model's [-1, 1] units) above which a pixel "
+                                             "is marked unreliable")
+        self.readout = Label(label="in view", value="")
+        self.toggles = {
+            "std": CheckBox(text="uncertainty (std)", tooltip="spread of the diffusion samples"),
+            "aleatoric": CheckBox(text="aleatoric", tooltip="noise the model expects in the data itself"),
+            "mask": CheckBox(text="unreliable mask"),
+        }
+        toggles = Container(widgets=list(self.toggles.values()), layout="horizontal", labels=False,
+                            label="overlays")
+        toggles.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[self.threshold, self.readout, toggles])
+        self.viewer, self.view = viewer, view
+        self.results: dict = {}
+        bind(self.threshold, view, "threshold")
+        for role, field in TOGGLES.items():
+            bind(self.toggles[role], view, field)
+            getattr(view.events, field).connect(partial(self._show, role))
+        view.events.threshold.connect(self.apply_threshold)
+        self._view_changed = qdebounced(self._follow_view, timeout=120)
+        # bound methods: napari holds them weakly, so a closed panel is not called back
+        for emitter in (viewer.camera.events.center, viewer.camera.events.zoom,
+                        viewer.dims.events.current_step, viewer.dims.events.ndisplay):
+            emitter.connect(self._on_view_event)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        self.set_results({})
+
+    def set_results(self, results: dict) -> None:
+        """Follow these result layers (role -> layer)."""
+        self.results = dict(results)
+        for role, checkbox in self.toggles.items():
+            checkbox.enabled = role in self.results
+            if role in self.results:
+                self.results[role].visible = getattr(self.view, TOGGLES[role])
+                self.results[role].events.visible.connect(self._on_layer_visible)
+        self.apply_threshold()
+
+    def apply_threshold(self, *_) -> None:
+        """Recompute the whole mask at the current threshold, in place (a running restore keeps
+        writing its new slices into the same array)."""
+        basis = self.results.get("std", self.results.get("aleatoric"))
+        mask = self.results.get("mask")
+        if basis is not None and mask is not None:
+            mask.data[...] = reliability_mask(basis.data, mask.metadata[KEY]["span"], self.view.threshold)
+            mask.refresh()
+        self.update_readout()
+
+    def update_readout(self) -> None:
+        mask = self.results.get("mask")
+        self.view.unreliable_fraction = (
+            None if mask is None else fraction_in_view(mask, self.viewer.dims.point, self.viewer.dims.ndisplay))
+        self._write_readout()
+
+    def _write_readout(self) -> None:
+        fraction = self.view.unreliable_fraction
+        if not self.results:
+            self.readout.value = "restore an image to see its uncertainty"
+        elif "mask" not in self.results:
+            self.readout.value = "no uncertainty: restore with 2 or more samples"
+        elif fraction is None:
+            self.readout.value = "no restored slice here"
+        else:
+            self.readout.value = f"{100 * fraction:.1f} % unreliable"
+
+    def _on_view_event(self, event=None) -> None:
+        self._view_changed()
+
+    def _on_layer_visible(self, event) -> None:  # the layer list's eye icon moves the toggle too
+        for role, layer in self.results.items():  # uids: plugin code sees layers through proxies
+            if layer_uid(layer) == layer_uid(event.source):
+                setattr(self.view, TOGGLES[role], layer.visible)
+
+    def _follow_view(self, *_) -> None:  # debounced: after the redraw has updated the corner pixels
+        if self.results:
+            self.update_readout()
+
+    def _layer_removed(self, event) -> None:
+        gone = layer_uid(event.value)
+        if any(layer_uid(layer) == gone for layer in self.results.values()):
+            self.set_results({r: lay for r, lay in self.results.items() if layer_uid(lay) != gone})
+
+    def _show(self, role: str, visible: bool) -> None:
+        if role in self.results:
+            self.results[role].visible = visible

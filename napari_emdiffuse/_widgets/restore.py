@@ -1,0 +1,213 @@
+"""The Restore widget: denoise or super-resolve an EM image or stack with a diffusion model, and
+inspect where the result can be trusted. Work runs in a worker thread; torch is imported there."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, RadioButtons, SpinBox
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ._checks import layer_problem, model_problem
+from ._environment import Environment, probe
+from ._model_picker import ModelPicker
+from ._results import ResultLayers, find_results, layer_uid, role_of, source_array
+from ._run_panel import RunPanel
+from ._state import MODEL_DEFAULT, SCOPES, TASKS, RestoreSettings, RunState, UncertaintyView, bind
+from ._uncertainty_panel import UncertaintyPanel
+from ._worker import Finished, ModelReady, Progress, RestoreRequest, SliceDone, restore_updates
+
+if TYPE_CHECKING:
+    import napari
+
+
+def _default_spin(label: str, maximum: int, tooltip: str, step: int = 1) -> SpinBox:
+    """A spin box whose 0 reads "model default" (the model card's value is used)."""
+    spin = SpinBox(label=label, min=0, max=maximum, step=step, tooltip=tooltip)
+    spin.native.setSpecialValueText(MODEL_DEFAULT)
+    return spin
+
+
+def _heading(text: str) -> Label:
+    label = Label(value=f"<b>{text}</b>")
+    label.native.setTextFormat(1)  # Qt.RichText
+    return label
+
+
+class RestoreWidget(Container):
+    """Restore (denoise / super-resolution) with per-pixel uncertainty."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):  # napari passes the viewer (by this annotation)
+        self.viewer = viewer
+        self.settings, self.run_state, self.view = RestoreSettings(), RunState(), UncertaintyView()
+        self.env = Environment()
+
+        self.image = ComboBox(label="image", choices=self._image_choices,
+                              tooltip="2D image or Z stack; dask- and zarr-backed layers are read slice by slice")
+        self.scope = RadioButtons(label="restore", choices=SCOPES, orientation="horizontal")
+        self.task = ComboBox(label="task", choices=list(TASKS.items()))
+        self.model = ModelPicker(self.settings)
+        self.samples = _default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
+        self.steps = _default_spin("steps", 1000, "sampler steps per sample")
+        self.sampler = ComboBox(label="sampler", choices=list(self.env.samplers))
+        self.tile = _default_spin("tile size", 4096, "tile edge in pixels; smaller tiles use less memory", step=32)
+        self.device = ComboBox(label="device", choices=list(self.env.devices))
+        self.run = RunPanel(self.run_state)
+        self.uncertainty = UncertaintyPanel(viewer, self.view)
+        super().__init__(widgets=[
+            _heading("Input"), self.image, self.scope,
+            _heading("Model"), self.task, self.model,
+            _heading("Sampling"), self.samples, self.steps, self.sampler, self.tile, self.device,
+            self.run,
+            _heading("Uncertainty"), self.uncertainty,
+        ])
+        for name in ("scope", "task", "samples", "steps", "sampler", "tile", "device"):
+            bind(getattr(self, name), self.settings, name)
+        self.settings.events.task.connect(self._offer_presets)
+        self.image.changed.connect(self._follow_source)
+        self.run.run_button.changed.connect(self.start)
+        self.run.cancel_button.changed.connect(self.cancel)
+
+        self._worker = None
+        self._cancel = threading.Event()
+        self._results: ResultLayers | None = None
+        self._outcome: Finished | None = None  # how the current run ended, once it has
+        self._threshold_from = None  # the model whose card set the threshold
+        self._started = 0.0
+        self._probe = self._start_worker(probe, returned=self._set_environment)
+
+    # ---- choices ---------------------------------------------------------------------------------
+    def _image_choices(self, _widget=None):
+        from napari.layers import Image, Labels
+
+        # Labels are offered so that choosing one explains itself instead of vanishing
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, (Image, Labels)) and role_of(layer) in (None, "restored")]
+
+    def _set_environment(self, env: Environment) -> None:
+        self.env = env
+        self.device.choices = list(env.devices)
+        self.sampler.choices = list(env.samplers)
+        self._offer_presets()
+        for problem in env.problems:
+            show_warning(problem)
+
+    def _offer_presets(self, *_) -> None:
+        self.model.set_presets(self.env.preset_names(self.settings.task))
+
+    def _follow_source(self, layer) -> None:
+        """Inspect the results of the chosen image, if it has any."""
+        self.uncertainty.set_results(find_results(self.viewer.layers, layer_uid(layer)) if layer else {})
+
+    # ---- running ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.run_state.running
+
+    def start(self) -> None:
+        """Check the choices, then restore in a worker thread. Problems become notifications."""
+        if self.running:
+            return
+        layer = self.image.value
+        presets = self.env.preset_names(self.settings.task) if self.env.ready else None
+        problem = layer_problem(layer) or model_problem(self.settings.model, presets)
+        if problem:
+            show_error(problem)
+            return
+        slices = self._slices(layer)
+        s = self.settings
+        request = RestoreRequest(
+            model=s.model, task=s.task, slices=slices, samples=s.samples or None, steps=s.steps or None,
+            sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
+            device=s.device, seed=s.seed, threshold=self.view.threshold)
+        show = {"std": self.view.show_std, "aleatoric": self.view.show_aleatoric, "mask": self.view.show_mask}
+        self._results = ResultLayers(self.viewer, layer, slices or [0], lambda: self.view.threshold, show,
+                                     on_placed=self._results_placed)
+        self._outcome = None
+        self._cancel = threading.Event()
+        self._started = time.perf_counter()
+        self.run_state.update(running=True, cancelling=False, done=0, total=0,
+                              status=f"loading {s.model.rsplit('/', 1)[-1]}…")
+        self._worker = self._start_worker(restore_updates, source_array(layer), request, self._cancel,
+                                          yielded=self._on_update)
+
+    def cancel(self) -> None:
+        """Stop at the next network batch; finished slices stay."""
+        if self.running:
+            self._cancel.set()
+            self.run_state.update(cancelling=True, status="cancelling…")
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block until the current restore is done, processing Qt events (scripts, tests)."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.perf_counter() + timeout
+        while self.running and time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    def _slices(self, layer) -> list[int] | None:
+        if layer.ndim == 2:
+            return None
+        depth = source_array(layer).shape[0]
+        if self.settings.scope == "whole stack":
+            return list(range(depth))
+        z = float(layer.world_to_data(self.viewer.dims.point)[0])
+        return [int(np.clip(np.round(z), 0, depth - 1))]
+
+    def _on_update(self, update) -> None:
+        if isinstance(update, Progress):
+            self.run_state.update(done=update.done, total=update.total,
+                                  status=self._progress_text(update) if not self.run_state.cancelling else "cancelling…")
+        elif isinstance(update, ModelReady):
+            if update.threshold is not None and self._threshold_from != self.settings.model:
+                self._threshold_from = self.settings.model
+                self.view.threshold = float(update.threshold)
+        elif isinstance(update, SliceDone):
+            self._results.add_slice(update.z, update.result)
+            if self._results.placed:
+                self.uncertainty.update_readout()
+        elif isinstance(update, Finished):
+            self._results.finish()
+            self._outcome = update
+            if self._results.placed or not self._results.arrays:
+                self._complete()
+
+    def _results_placed(self, layers: dict) -> None:
+        self.uncertainty.set_results(layers)
+        if self._outcome is not None:  # the run ended while napari was still building the layers
+            self._complete()
+
+    def _progress_text(self, p: Progress) -> str:
+        done_slices = len(self._results.finished) if self._results else 0
+        total_slices = len(self._results.slices) if self._results else 1
+        return f"slice {min(done_slices + 1, total_slices)}/{total_slices} · {p.done}/{p.total} tile-steps"
+
+    def _complete(self) -> None:
+        """Report how the run ended; the widget is ready for the next one."""
+        update = self._outcome
+        kept = len(update.slices)
+        if update.error:
+            status = f"failed after {kept} slice(s)" if kept else "failed"
+            show_error(update.error)
+        elif update.cancelled:
+            status = f"cancelled: kept {kept} finished slice(s)"
+            show_info(status)
+        else:
+            status = f"restored {kept} slice(s) in {time.perf_counter() - self._started:.1f} s"
+        if self._results.placed:
+            self.uncertainty.set_results(self._results.layers)
+        self.run_state.update(running=False, cancelling=False, status=status)
+
+    @staticmethod
+    def _start_worker(function, *args, **handlers):
+        """Start ``function(*args)`` in a worker thread, its signals connected before it runs."""
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(function, *args, _start_thread=False)
+        for signal, handler in handlers.items():
+            getattr(worker, signal).connect(handler)
+        worker.start()
+        return worker
