@@ -470,7 +470,7 @@ def _chunk_results(job: StreamJob, index, model, array, cancel) -> Iterator[tupl
             yield range(z - z0, z - z0 + 1), _Acquired(window[z // f])
         for gap, res in reconstruct_gaps(window, model, z_factor=f, seed=job.seed, cancel=cancel,
                                          gaps=list(grid.slices(index)), normalizer=normalizer,
-                                         **job.options):
+                                         origin=(0, *origin), **job.options):
             yield range(gap * f + 1 - z0, (gap + 1) * f - z0), res
         return
     from .restore import restore_slices

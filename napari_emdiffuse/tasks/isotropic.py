@@ -249,7 +249,7 @@ def _sample_gap_3d(model, lower, upper, settings, f, gap, seed, origin, dev, on_
     block = _interpolated_block(lower, upper, f, multiple)
     depth = len(block)
     h, w = lower.shape
-    grid = TileGrid.plan((h, w), settings.tile, settings.overlap, multiple)
+    grid = TileGrid.plan((h, w), settings.tile, settings.overlap, multiple, origin)
     ph, pw = grid.padded_shape
     cond = torch.from_numpy(block)[None].to(dev)
     if (ph, pw) != (h, w):
@@ -305,7 +305,8 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     span = normalizer.hi - normalizer.lo
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
     todo = list(gaps if gaps is not None else range(volume.shape[0] - 1))
-    probe = TileGrid.plan(volume.shape[-2:], settings.tile, settings.overlap, model.network.downsample_factor)
+    probe = TileGrid.plan(volume.shape[-2:], settings.tile, settings.overlap, model.network.downsample_factor,
+                          tuple(origin[1:]))
     states = settings.samples * (1 if three_d else f - 1)
     total = len(probe.windows()) * states * settings.evaluations * len(todo)
     done = [0]
