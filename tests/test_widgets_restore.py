@@ -172,8 +172,8 @@ def test_threshold_readout_and_toggles(dock, qtbot, tiny_model_dir):
     found["mask"].data[...] = 0
     found["mask"].data[:64, :64] = 1
     viewer.window._qt_viewer.canvas.size = (400, 400)
-    viewer.camera.center = (16, 16)
-    viewer.camera.zoom = 20
+    viewer.scene.camera.center = (16, 16)
+    viewer.scene.camera.zoom = 20
     viewer.window._qt_viewer.canvas.on_draw(None)
     widget.uncertainty.update_readout()
     assert widget.view.unreliable_fraction == 1.0
@@ -200,8 +200,11 @@ def test_superres_layers_sit_on_the_source_grid(dock, qtbot, tiny_superres_dir):
     restored = results_of(viewer, source)["restored"]
     assert restored.data.shape == (128, 128)
     np.testing.assert_allclose(restored.scale, (4.0, 4.0))
-    np.testing.assert_allclose(restored.translate, (40 - 2, -2))  # pixel boxes coincide
-    assert tuple(restored.extent.world[0] + restored.scale / 2 * 0) is not None
+    np.testing.assert_allclose(restored.translate, (40 - 2, -2))
+    def pixel_box(layer):  # napari's world extent runs from the first to the last pixel centre
+        return layer.extent.world + np.array([-1, 1])[:, None] * layer.scale / 2
+
+    np.testing.assert_allclose(pixel_box(restored), pixel_box(source))  # the same field of view
 
 
 def test_placement_keeps_pixel_boxes():

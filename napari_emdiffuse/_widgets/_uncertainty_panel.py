@@ -57,7 +57,8 @@ class UncertaintyPanel(Container):
         view.events.threshold.connect(self.apply_threshold)
         self._view_changed = qdebounced(self._follow_view, timeout=120)
         # bound methods: napari holds them weakly, so a closed panel is not called back
-        for emitter in (viewer.camera.events.center, viewer.camera.events.zoom,
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 : older
+        for emitter in (camera.events.center, camera.events.zoom,
                         viewer.dims.events.current_step, viewer.dims.events.ndisplay):
             emitter.connect(self._on_view_event)
         viewer.layers.events.removed.connect(self._layer_removed)
