@@ -13,26 +13,16 @@ left out, against linear interpolation along z.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-
 import numpy as np
 import tifffile
-import torch
-import yaml
 
-from _time_budget import TimeBudget
-from napari_emdiffuse.model import model_from_card
+import _script
 from napari_emdiffuse.sample_data import load_fibsem
 from napari_emdiffuse.tasks import isotropic as iso
 from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
-from napari_emdiffuse.training.trainer import Trainer, TrainConfig, TrainUpdate
 
-REPO = Path(__file__).resolve().parents[1]
-TRAINING = REPO / "weights" / "data" / "fibsem_flyem_train.tif"
+TRAINING = _script.REPO / "weights" / "data" / "fibsem_flyem_train.tif"
 Z_FACTOR = 5
 
 CARD = {
@@ -53,43 +43,22 @@ CARD = {
 
 
 def train(args) -> None:
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
     d = iso.training_data(tifffile.imread(TRAINING), Z_FACTOR)
     v = iso.training_data(load_fibsem(), Z_FACTOR, both_directions=False)
-    data = PatchPairs(d["condition"], d["target"], patch=args.patch, intensity_jitter=0.05, slice_index=d["slice_index"])
-    val = PatchPairs(v["condition"], v["target"], patch=args.patch, slice_index=v["slice_index"])
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
-                      loss="l2", noise_draw="loguniform", seed=args.seed, device="cpu",
-                      val_every=250, val_batch=16, checkpoint_every=250)
     card = dict(CARD, training={
         "data": "weights/data/fibsem_flyem_train.tif (90 x 144 x 144, 10 nm), planes a, a+5 -> a+1..a+4, both directions",
         "validation": "napari_emdiffuse/sample_data/fibsem_flyem_crop.tif (64 x 128 x 128, disjoint slices)",
         "patch": args.patch, "intensity_jitter": 0.05})
-    model = model_from_card(card)
-    t0 = time.time()
-
-    budget = TimeBudget(args.minutes)
-
-    def report(u: TrainUpdate) -> None:
-        budget(trainer, u.step)
-        if u.val_loss is not None or u.step % 50 == 0:
-            val_text = f" val_loss {u.val_loss:.4f} val_psnr1 {u.val_psnr:.2f}" if u.val_loss is not None else ""
-            print(f"step {u.step}/{u.total} loss {u.loss:.4f} lr {u.lr:.2e} {u.seconds:.0f}s{val_text}", flush=True)
-
-    trainer = Trainer(model, data, cfg, args.run, val_data=val, callback=report,
-                      should_stop=lambda: trainer.step >= trainer.cfg.steps)  # the budget may shorten it
-    if args.resume:
-        trainer.resume()
-    trainer.run()
-    print(f"done in {time.time() - t0:.0f}s at step {trainer.step}")
+    _script.train(args, card,
+                  PatchPairs(d["condition"], d["target"], patch=args.patch, intensity_jitter=0.05,
+                             slice_index=d["slice_index"]),
+                  PatchPairs(v["condition"], v["target"], patch=args.patch, slice_index=v["slice_index"]))
 
 
 def evaluate(args) -> dict:
     """PSNR / SSIM over the generated slices only (acquired ones are exact for both methods)."""
     from napari_emdiffuse.loading import load_model
 
-    torch.set_num_threads(args.threads)
     truth = load_fibsem().astype(np.float32)
     n = (len(truth) - 1) // Z_FACTOR * Z_FACTOR + 1
     truth = truth[:n]
@@ -97,51 +66,21 @@ def evaluate(args) -> dict:
     generated = np.ones(n, bool)
     generated[::Z_FACTOR] = False
     model = load_model(args.model, task="isotropic")
-    linear = iso.linear_interpolation(acquired, Z_FACTOR)
     report = {"model": args.model,
               "data": f"napari_emdiffuse/sample_data/fibsem_flyem_crop.tif slices 0-{n - 1} (128 x 128, 10 nm); "
                       f"input: every {Z_FACTOR}th slice ({len(acquired)} slices, 50 nm); scored on the "
                       f"{int(generated.sum())} generated slices",
-              "linear": scores(linear[generated], truth[generated], 255.0)}
-    for steps, samples in [(None, None)] + [tuple(map(int, s.split("x"))) for s in args.also]:
-        t0 = time.perf_counter()
+              "linear": scores(iso.linear_interpolation(acquired, Z_FACTOR)[generated], truth[generated], 255.0)}
+
+    def run_model(steps, samples):
         res = iso.reconstruct(acquired, model, device="cpu", seed=0, steps=steps, samples=samples)
         assert np.array_equal(res.mean[::Z_FACTOR], acquired)
-        key = f"model_{res.info['steps']}steps_{res.info['samples']}samples"
-        report[key] = {**scores(res.mean[generated], truth[generated], 255.0),
-                       "seconds": round(time.perf_counter() - t0, 1), "sampler": res.info["sampler"]}
-        report[key]["margin_over_linear_db"] = round(report[key]["psnr"] - report["linear"]["psnr"], 2)
-        print(key, json.dumps(report[key]), flush=True)
-    print("linear", json.dumps(report["linear"]))
-    if args.update_card:
-        path = REPO / "models" / f"{args.model}.yaml"
-        card = yaml.safe_load(path.read_text())
-        card["evaluation"] = report
-        path.write_text(yaml.safe_dump(card, sort_keys=False))
-    return report
+        return res
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--steps", type=int, default=2500)
-    t.add_argument("--minutes", type=float, default=0, help="fit the steps into this many minutes, measured after 40 steps (0: no limit)")
-    t.add_argument("--run", default="build/isotropic-fibsem-run")
-    t.add_argument("--patch", type=int, default=64)
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--resume", action="store_true")
-    e = sub.add_parser("evaluate")
-    e.add_argument("--model", default="isotropic-fibsem")
-    e.add_argument("--also", nargs="*", default=["1x1"], help="extra STEPSxSAMPLES settings to score")
-    e.add_argument("--threads", type=int, default=2)
-    e.add_argument("--update-card", action="store_true")
-    args = ap.parse_args()
-    train(args) if args.cmd == "train" else evaluate(args)
+    return _script.evaluate(args, report, "linear", run_model,
+                            lambda res: scores(res.mean[generated], truth[generated], 255.0))
 
 
 if __name__ == "__main__":
-    main()
+    ARGS = _script.command_line(__doc__, CARD["name"])
+    train(ARGS) if ARGS.cmd == "train" else evaluate(ARGS)

@@ -17,6 +17,7 @@ from psygnal import evented
 from ._checks import layer_problem, model_problem
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
+from .restore import RestoreWidget
 from ._results import KEY, layer_uid, role_of, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, RunState, bind
@@ -232,15 +233,6 @@ class IsotropicWidget(Container):
             self._cancel.set()
             self.run_state.update(cancelling=True, status="cancelling…")
 
-    def wait(self, timeout: float = 60.0) -> None:
-        """Block until the current run is done, processing Qt events (scripts, tests)."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.perf_counter() + timeout
-        while self.running and time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.01)
-
     def _on_update(self, update) -> None:
         if isinstance(update, Progress):
             if not self.run_state.cancelling:
@@ -268,12 +260,6 @@ class IsotropicWidget(Container):
                       f"{time.perf_counter() - self._started:.1f} s")
         self.run_state.update(running=False, cancelling=False, status=status)
 
-    @staticmethod
-    def _start_worker(function, *args, **handlers):
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(function, *args, _start_thread=False)
-        for signal, handler in handlers.items():
-            getattr(worker, signal).connect(handler)
-        worker.start()
-        return worker
+    # the same worker start and blocking wait as the Restore widget
+    _start_worker = staticmethod(RestoreWidget._start_worker)
+    wait = RestoreWidget.wait

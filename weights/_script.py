@@ -1,0 +1,102 @@
+"""What the task training scripts (train_superres.py, train_isotropic.py) share: their command
+line, a training run fitted into a wall-clock budget, and scoring a model against a baseline
+into its card."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def command_line(doc: str, name: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--steps", type=int, default=2500)
+    t.add_argument("--minutes", type=float, default=0,
+                   help="fit the steps into this many minutes, measured after 40 steps (0: no limit)")
+    t.add_argument("--run", default=f"build/{name}-run")
+    t.add_argument("--patch", type=int, default=64)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--resume", action="store_true")
+    e = sub.add_parser("evaluate")
+    e.add_argument("--model", default=name)
+    e.add_argument("--also", nargs="*", default=["1x1"], help="extra STEPSxSAMPLES settings to score")
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--update-card", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+class TimeBudget:
+    """After ``measure_steps`` steps, shortens the run (and so its cosine learning-rate
+    schedule) to what ``minutes`` allow at the measured rate, on a shared CPU."""
+
+    def __init__(self, minutes: float, measure_steps: int = 40):
+        self.seconds, self.measure_steps = minutes * 60, measure_steps
+        self.t0 = time.perf_counter()
+
+    def __call__(self, trainer, step: int) -> None:
+        if self.seconds and step == self.measure_steps:
+            rate = step / (time.perf_counter() - self.t0)
+            fitted = int(rate * self.seconds * 0.95)  # validations and checkpoints take the rest
+            if fitted < trainer.cfg.steps:
+                print(f"{rate:.2f} steps/s: {fitted} steps fit in the budget (asked {trainer.cfg.steps})", flush=True)
+                trainer.cfg.steps = max(fitted, step + 1)
+
+
+def train(args, card: dict, data, val) -> None:
+    """Train ``card``'s network on ``data`` (validated on ``val``) into ``args.run``."""
+    from napari_emdiffuse.model import model_from_card
+    from napari_emdiffuse.training.trainer import Trainer, TrainConfig, TrainUpdate
+
+    torch.manual_seed(args.seed)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
+                      loss="l2", noise_draw="loguniform", seed=args.seed, device="cpu",
+                      val_every=250, val_batch=16, checkpoint_every=250)
+    budget = TimeBudget(args.minutes)
+    t0 = time.time()
+
+    def report(u: TrainUpdate) -> None:
+        budget(trainer, u.step)
+        if u.val_loss is not None or u.step % 50 == 0:
+            v = f" val_loss {u.val_loss:.4f} val_psnr1 {u.val_psnr:.2f}" if u.val_loss is not None else ""
+            print(f"step {u.step}/{u.total} loss {u.loss:.4f} lr {u.lr:.2e} {u.seconds:.0f}s{v}", flush=True)
+
+    trainer = Trainer(model_from_card(card), data, cfg, args.run, val_data=val, callback=report,
+                      should_stop=lambda: trainer.step >= trainer.cfg.steps)  # the budget may shorten it
+    if args.resume:
+        trainer.resume()
+    trainer.run()
+    print(f"done in {time.time() - t0:.0f}s at step {trainer.step}")
+
+
+def evaluate(args, report: dict, baseline: str, run_model: Callable, score: Callable) -> dict:
+    """Score the model at the card's settings and at each ``--also`` STEPSxSAMPLES against the
+    ``baseline`` entry already in ``report``; ``run_model(steps, samples)`` returns a
+    RestoreResult, ``score(result)`` its scores. With --update-card the report goes into the card."""
+    for steps, samples in [(None, None)] + [tuple(map(int, s.split("x"))) for s in args.also]:
+        t0 = time.perf_counter()
+        res = run_model(steps, samples)
+        key = f"model_{res.info['steps']}steps_{res.info['samples']}samples"
+        report[key] = {**score(res), "seconds": round(time.perf_counter() - t0, 1), "sampler": res.info["sampler"]}
+        report[key][f"margin_over_{baseline}_db"] = round(report[key]["psnr"] - report[baseline]["psnr"], 2)
+        print(key, json.dumps(report[key]), flush=True)
+    print(baseline, json.dumps(report[baseline]))
+    if args.update_card:
+        path = REPO / "models" / f"{args.model}.yaml"
+        card = yaml.safe_load(path.read_text())
+        card["evaluation"] = report
+        path.write_text(yaml.safe_dump(card, sort_keys=False))
+    return report
