@@ -5,8 +5,11 @@ is the unit other tasks (isotropic reconstruction, streaming) build on.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -43,6 +46,11 @@ class Settings:
     overlap: int
     batch_size: int
     sampler_options: dict = field(default_factory=dict)
+    # sample_mean: the mean of the K samples (EMDiffuse); posterior_mean: the denoiser's
+    # estimate at the noisiest level, E[x0 | condition], averaged over the K starts. Both
+    # estimate the posterior mean; the second has no sampling noise (Rao-Blackwellised).
+    estimate: str = "sample_mean"
+    precision: str = "auto"  # auto: bf16 where the hardware has it natively (see inference_autocast)
 
     @classmethod
     def for_model(cls, model: RestorationModel, device: torch.device, **overrides) -> "Settings":
@@ -51,8 +59,13 @@ class Settings:
                 sigma_min=float(d["sigma_min"]), sigma_max=float(d["sigma_max"]), rho=float(d.get("rho", 7.0)),
                 tile=int(t["size"]), overlap=int(t["overlap"]),
                 batch_size=16 if device.type == "cuda" else 4,
-                sampler_options=dict(d.get("sampler_options") or {}))
+                sampler_options=dict(d.get("sampler_options") or {}), precision=str(d.get("precision", "auto")),
+                estimate=str(d.get("estimate", "sample_mean")))
         s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+        if s.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {s.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if s.estimate not in ESTIMATES:
+            raise ValueError(f"unknown estimate {s.estimate!r}: use one of {', '.join(ESTIMATES)}")
         if s.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {s.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if s.steps < 1 or s.samples < 1:
@@ -67,6 +80,31 @@ class Settings:
     @property
     def evaluations(self) -> int:
         return evaluations(self.sampler, self.steps)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+ESTIMATES = ("sample_mean", "posterior_mean")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates
+    it and bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def inference_autocast(device: torch.device, precision: str = "auto"):
+    """Autocast for sampling: bf16 on CUDA (fp16 where bf16 is missing) and, for ``auto``, on
+    CPUs with native bf16; ``fp32`` turns it off. GroupNorm and the sampler stay in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and (precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return autocast(device)
 
 
 @dataclass
@@ -85,11 +123,12 @@ class RestoreResult:
 def sample_plane(model: RestorationModel, condition: torch.Tensor, settings: Settings, *,
                  seed: int, streams: Sequence[tuple[int, ...]], origin: tuple[int, int] = (0, 0),
                  slice_index: torch.Tensor | None = None, on_batch: Callable[[int], None] | None = None,
-                 cancel: Cancel = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 cancel: Cancel = None, with_mean: bool = False):
     """Draw one sample per stream for a (1 or B, C, H, W) normalised condition on the device.
 
-    Returns samples (B, 1, H, W) and the aleatoric log-variance (B, 1, H, W) or None. Noise
-    is seeded by (seed, stream, step) and the global pixel position ``origin + (y, x)``.
+    Returns samples (B, 1, H, W) and the aleatoric log-variance (B, 1, H, W) or None, and with
+    ``with_mean`` also the denoiser's estimate at the first (noisiest) level, (B, 1, H, W).
+    Noise is seeded by (seed, stream, step) and the global pixel position ``origin + (y, x)``.
     """
     device = condition.device
     h, w = condition.shape[-2:]
@@ -105,13 +144,14 @@ def sample_plane(model: RestorationModel, condition: torch.Tensor, settings: Set
         ])).to(device)
 
     tiled = TiledDenoiser(model.denoiser(), condition, grid, settings.batch_size, slice_index=slice_index,
-                          autocast=lambda: autocast(device), on_batch=on_batch, cancel=cancel)
+                          autocast=lambda: inference_autocast(device, settings.precision), on_batch=on_batch, cancel=cancel)
     sigmas = settings.sigmas().to(device)
     x = noise(0) * float(sigmas[0])
     # sampler steps draw noise(i) for i >= 0; shift so they never reuse the initial noise
     x = sample(settings.sampler, tiled, x, sigmas, lambda i: noise(i + 1), **settings.sampler_options)
     logvar = tiled.first_logvar
-    return x[..., :h, :w], (None if logvar is None else logvar[..., :h, :w])
+    out = x[..., :h, :w], (None if logvar is None else logvar[..., :h, :w])
+    return (*out, tiled.first_x0[..., :h, :w]) if with_mean else out
 
 
 def _prepare(model, device, task):
@@ -157,7 +197,8 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
                    batch_size: int | None = None, device: str = "auto", seed: int = 0,
                    progress: Progress = None, cancel: Cancel = None, threshold: float | None = None,
                    slices: Sequence[int] | None = None, origin: tuple[int, int, int] = (0, 0, 0),
-                   normalizer: Normalizer | None = None) -> Iterator[tuple[int, RestoreResult]]:
+                   normalizer: Normalizer | None = None,
+                   estimate: str | None = None) -> Iterator[tuple[int, RestoreResult]]:
     """Restore slice by slice, yielding ``(z, RestoreResult)`` as each slice finishes.
 
     ``image`` is (Y, X) (yields z = 0) or (Z, Y, X); numpy, dask or zarr (read one slice at a
@@ -170,7 +211,7 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
     dev = resolve_device(device)
     model = _prepare(model, dev, task)
     settings = Settings.for_model(model, dev, samples=samples, steps=steps, sampler=sampler, grid=grid,
-                                  tile=tile, overlap=overlap, batch_size=batch_size)
+                                  tile=tile, overlap=overlap, batch_size=batch_size, estimate=estimate)
     normalizer = normalizer if normalizer is not None else _fit_normalizer(image, model)
     span = normalizer.hi - normalizer.lo
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
@@ -195,9 +236,9 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
         streams = [(origin[0] + z, k) for k in range(settings.samples)]
         while True:
             try:
-                xs, logvar = sample_plane(model, cond, settings, seed=seed, streams=streams,
-                                          origin=(origin[1] * scale, origin[2] * scale),
-                                          on_batch=on_batch, cancel=cancel)
+                xs, logvar, first = sample_plane(model, cond, settings, seed=seed, streams=streams,
+                                                 origin=(origin[1] * scale, origin[2] * scale),
+                                                 on_batch=on_batch, cancel=cancel, with_mean=True)
                 break
             except torch.OutOfMemoryError:
                 if settings.batch_size == 1:
@@ -205,7 +246,8 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
                 settings.batch_size //= 2  # the largest batch that fits, found once
                 torch.cuda.empty_cache()
         xs = xs[:, 0].float().cpu().numpy()
-        mean = to_dtype(normalizer.inverse(xs.mean(axis=0)), image.dtype)
+        estimate = xs if settings.estimate == "sample_mean" else first[:, 0].float().cpu().numpy()
+        mean = to_dtype(normalizer.inverse(estimate.mean(axis=0)), image.dtype)
         std = sample_std(xs)
         std = None if std is None else std * (span / 2)
         ale = None if logvar is None else aleatoric_std(logvar[:, 0].cpu().numpy()) * (span / 2)
@@ -213,7 +255,7 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
         mask = None if basis is None or not np.isfinite(thr) else reliability_mask(basis, span, thr)
         info = {"z": z, "seconds": time.perf_counter() - t0, "device": str(dev),
                 "evaluations": settings.evaluations, "samples": settings.samples, "sampler": settings.sampler,
-                "steps": settings.steps, "tile": settings.tile, "batch_size": settings.batch_size,
+                "steps": settings.steps, "estimate": settings.estimate, "tile": settings.tile, "batch_size": settings.batch_size,
                 "normalizer": (normalizer.lo, normalizer.hi), "threshold": thr, "model": model.name}
         yield z, RestoreResult(mean, std, ale, mask, info)
 

@@ -115,6 +115,7 @@ class TiledDenoiser:
             norm[win] += w
         self.norm = norm
         self.first_logvar: torch.Tensor | None = None
+        self.first_x0: torch.Tensor | None = None  # at the noisiest level: E[x0 | condition]
         self.calls = 0
 
     @property
@@ -145,6 +146,9 @@ class TiledDenoiser:
                 self.on_batch(len(chunk))
         if want_logvar:
             self.first_logvar = logvar / self.norm
+        out = out / self.norm
+        if self.calls == 0:
+            self.first_x0 = out
         self.calls += 1
-        return out / self.norm
+        return out
 

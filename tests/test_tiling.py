@@ -143,3 +143,16 @@ def test_wrong_task_and_bad_shapes_are_clear():
         restore(np.zeros((2, 2, 8, 8)), tiny_model())
     with pytest.raises(ValueError, match="constant"):
         restore(np.zeros((16, 16)), tiny_model())
+
+
+def test_posterior_mean_estimate_is_the_first_level_denoiser_and_ignores_steps():
+    model = tiny_model()
+    image = (np.random.default_rng(7).random((40, 48)) * 255).astype(np.float32)
+    a = restore(image, model, tile=32, overlap=8, steps=1, estimate="posterior_mean")
+    b = restore(image, model, tile=32, overlap=8, steps=3, estimate="posterior_mean")
+    np.testing.assert_allclose(a.mean, b.mean, rtol=0, atol=1e-3)
+    c = restore(image, model, tile=32, overlap=8, steps=3, estimate="sample_mean")
+    assert np.abs(c.mean - b.mean).max() > 1e-2  # the sample mean carries sampling noise
+    np.testing.assert_array_equal(b.std, c.std)  # the spread comes from the same samples
+    with pytest.raises(ValueError, match="estimate"):
+        restore(image, model, estimate="median")
