@@ -108,6 +108,9 @@ def test_lerp_network_reproduces_linear_interpolation():
     res = iso.reconstruct(vol, lerp_model(5), device="cpu")
     assert res.mean.shape == (16, 48, 56) and res.mean.dtype == np.float32
     np.testing.assert_allclose(res.mean, iso.linear_interpolation(vol, 5), atol=0.05)
+    posterior = iso.reconstruct(vol, lerp_model(5), device="cpu", estimate="posterior_mean")
+    assert posterior.info["estimate"] == "posterior_mean"
+    np.testing.assert_allclose(posterior.mean, res.mean, atol=0.05)
 
 
 def test_reconstruct_shapes_passthrough_uncertainty():
@@ -176,6 +179,9 @@ def test_3d_variant_from_the_same_unet():
     assert res.mean.shape == (9, 40, 48) and res.info["network"] == "3d"
     np.testing.assert_array_equal(res.mean[::4], vol)
     assert float(res.std[1:4].mean()) > 0 and np.all(res.std[::4] == 0)
+    posterior = iso.reconstruct(vol, model, device="cpu", tile=32, overlap=8, estimate="posterior_mean")
+    np.testing.assert_array_equal(posterior.std, res.std)  # same samples, another estimate of the mean
+    assert not np.array_equal(posterior.mean, res.mean)
 
 
 def test_published_vemdiffuse_checkpoint_reconstructs(tmp_path):

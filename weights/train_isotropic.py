@@ -72,8 +72,8 @@ def evaluate(args) -> dict:
                       f"{int(generated.sum())} generated slices",
               "linear": scores(iso.linear_interpolation(acquired, Z_FACTOR)[generated], truth[generated], 255.0)}
 
-    def run_model(steps, samples):
-        res = iso.reconstruct(acquired, model, device="cpu", seed=0, steps=steps, samples=samples)
+    def run_model(**setting):
+        res = iso.reconstruct(acquired, model, device="cpu", seed=0, **setting)
         assert np.array_equal(res.mean[::Z_FACTOR], acquired)
         return res
 

@@ -68,7 +68,7 @@ def evaluate(args) -> dict:
                                             "input: its 2x2 mean binning (10 x 64 x 256)",
               "bicubic": scores(sr.bicubic_baseline(lr, SCALE), hr, 255.0)}
     return _script.evaluate(args, report, "bicubic",
-                            lambda steps, samples: sr.superres(lr, model, device="cpu", seed=0, steps=steps, samples=samples),
+                            lambda **setting: sr.superres(lr, model, device="cpu", seed=0, **setting),
                             lambda res: scores(res.mean, hr, 255.0))
 
 

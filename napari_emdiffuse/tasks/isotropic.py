@@ -212,9 +212,13 @@ class FoldedNetwork:
 
 @dataclass
 class _Gap:
-    mean: np.ndarray  # (f-1, Y, X) float32, normalised
-    samples: np.ndarray  # (f-1, S, Y, X)
+    samples: np.ndarray  # (f-1, S, Y, X) float32, normalised
+    first: np.ndarray  # (f-1, S, Y, X): the denoiser's estimate at the noisiest level
     logvar: np.ndarray | None  # (f-1, S, Y, X) or None
+
+    def mean(self, estimate: str) -> np.ndarray:
+        """(f-1, Y, X): the mean of the samples, or of the posterior-mean estimates."""
+        return (self.samples if estimate == "sample_mean" else self.first).mean(axis=1)
 
 
 def _sample_gap_2d(model, lower, upper, settings, f, gap, seed, origin, dev, on_batch, cancel) -> _Gap:
@@ -226,22 +230,24 @@ def _sample_gap_2d(model, lower, upper, settings, f, gap, seed, origin, dev, on_
     cond = torch.from_numpy(np.stack([upper, lower]))[None].to(dev)  # vEMDiffuse: [slice i+1, slice i]
     streams = [(gap, k, j) for k in range(1, f) for j in range(s)]
     index = torch.tensor([k - 1 for k in range(1, f) for _ in range(s)], dtype=torch.float32, device=dev)
-    xs, logvar = sample_plane(model, cond, settings, seed=seed, streams=streams, slice_index=index,
-                              origin=origin, on_batch=on_batch, cancel=cancel)
+    xs, logvar, first = sample_plane(model, cond, settings, seed=seed, streams=streams, slice_index=index,
+                                     origin=origin, on_batch=on_batch, cancel=cancel, with_mean=True)
     h, w = lower.shape
-    xs = xs[:, 0].float().cpu().numpy().reshape(f - 1, s, h, w)
-    lv = None if logvar is None else logvar[:, 0].float().cpu().numpy().reshape(f - 1, s, h, w)
-    return _Gap(xs.mean(axis=1), xs, lv)
+
+    def per_slice(t):
+        return None if t is None else t[:, 0].float().cpu().numpy().reshape(f - 1, s, h, w)
+
+    return _Gap(per_slice(xs), per_slice(first), per_slice(logvar))
 
 
 def _sample_gap_3d(model, lower, upper, settings, f, gap, seed, origin, dev, on_batch, cancel) -> _Gap:
     import torch
     import torch.nn.functional as F
 
-    from ..device import autocast
     from ..diffusion.denoiser import Denoiser
     from ..diffusion.samplers import sample
     from ..noise import positional_noise
+    from ..restore import inference_autocast
     from ..tiling import TiledDenoiser, TileGrid
 
     net = model.network
@@ -263,13 +269,17 @@ def _sample_gap_3d(model, lower, upper, settings, f, gap, seed, origin, dev, on_
 
     base = model.denoiser()
     denoiser = Denoiser(FoldedNetwork(net, depth), base.parameterization, base.clip)
-    tiled = TiledDenoiser(denoiser, cond, grid, settings.batch_size, autocast=lambda: autocast(dev),
+    tiled = TiledDenoiser(denoiser, cond, grid, settings.batch_size,
+                          autocast=lambda: inference_autocast(dev, settings.precision),
                           on_batch=on_batch, cancel=cancel)
     sigmas = settings.sigmas().to(dev)
     x = sample(settings.sampler, tiled, noise(0) * float(sigmas[0]), sigmas, lambda i: noise(i + 1),
                **settings.sampler_options)
-    xs = x[:, 1:f, :h, :w].float().cpu().numpy().transpose(1, 0, 2, 3)  # (f-1, S, H, W)
-    return _Gap(xs.mean(axis=1), xs, None)
+
+    def per_slice(t):
+        return t[:, 1:f, :h, :w].float().cpu().numpy().transpose(1, 0, 2, 3)  # (f-1, S, H, W)
+
+    return _Gap(per_slice(x), per_slice(tiled.first_x0), None)
 
 
 def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int | None = None,
@@ -278,14 +288,16 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
                      device: str = "auto", seed: int = 0, progress: Callable[[int, int], None] | None = None,
                      cancel: Callable[[], bool] | None = None, threshold: float | None = None,
                      gaps: Sequence[int] | None = None, normalizer=None,
-                     origin: tuple[int, int, int] = (0, 0, 0)) -> Iterator[tuple[int, object]]:
+                     origin: tuple[int, int, int] = (0, 0, 0),
+                     estimate: str | None = None) -> Iterator[tuple[int, object]]:
     """Generate the slices between acquired slices ``gap`` and ``gap + 1``, yielding
     ``(gap, RestoreResult)`` per gap: ``mean`` (f-1, Y, X) in the volume's dtype, ``std`` over
     samples and ``aleatoric`` std (float32, intensity units, or None), ``mask`` (uint8).
 
     ``volume`` is (Z, Y, X): numpy, dask or zarr, read two slices at a time; each plane goes
     through the tiled sampler of the restore core. Arguments as :func:`restore.restore`;
-    ``gaps`` restricts the work to some gaps; ``origin`` (z, y, x) and ``normalizer`` place a
+    ``estimate`` (default: the card's) is ``sample_mean`` or ``posterior_mean`` (see
+    :class:`restore.Settings`); ``gaps`` restricts the work to some gaps; ``origin`` (z, y, x) and ``normalizer`` place a
     window of a larger volume in it (streaming), so the window draws the noise the whole would.
     """
     from ..device import resolve_device
@@ -300,7 +312,7 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     check_volume(volume, f)
     three_d = getattr(model.network, "dims", 2) == 3
     settings = Settings.for_model(model, dev, samples=samples, steps=steps, sampler=sampler, grid=grid,
-                                  tile=tile, overlap=overlap, batch_size=batch_size)
+                                  tile=tile, overlap=overlap, batch_size=batch_size, estimate=estimate)
     normalizer = normalizer if normalizer is not None else _fit_normalizer(volume, model)
     span = normalizer.hi - normalizer.lo
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
@@ -330,7 +342,7 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
         t0 = time.perf_counter()
         lower, upper = plane(gap), plane(gap + 1)
         g = sample_gap(model, lower, upper, settings, f, origin[0] + gap, seed, tuple(origin[1:]), dev, on_batch, cancel)
-        mean = to_dtype(normalizer.inverse(g.mean), volume.dtype)
+        mean = to_dtype(normalizer.inverse(g.mean(settings.estimate)), volume.dtype)
         std = None
         if settings.samples > 1:
             std = np.stack([sample_std(s) for s in g.samples]) * (span / 2)
@@ -339,7 +351,7 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
         mask = None if basis is None or not np.isfinite(thr) else reliability_mask(basis, span, thr)
         info = {"gap": gap, "z_factor": f, "seconds": time.perf_counter() - t0, "device": str(dev),
                 "network": "3d" if three_d else "2d", "samples": settings.samples, "steps": settings.steps,
-                "sampler": settings.sampler, "evaluations": settings.evaluations, "tile": settings.tile,
+                "sampler": settings.sampler, "estimate": settings.estimate, "evaluations": settings.evaluations, "tile": settings.tile,
                 "normalizer": (normalizer.lo, normalizer.hi), "threshold": thr, "model": model.name}
         yield gap, RestoreResult(mean, std, ale, mask, info)
 
