@@ -144,7 +144,7 @@ class ResultLayers:
         if "std" in self.arrays or "aleatoric" in self.arrays:
             self.arrays["mask"] = np.zeros(lead + result.mean.shape, dtype=np.uint8)
         lo, hi = result.info.get("normalizer", (0.0, 2.0))
-        self.meta = {"span": float(hi - lo), "model": result.info.get("model")}
+        self.meta = {"span": float(hi - lo), **{k: result.info.get(k) for k in ("model", "samples", "steps", "sampler")}}
 
     def _start_placing(self) -> None:
         self._previous = find_results(self.viewer.layers, self.source_uid)

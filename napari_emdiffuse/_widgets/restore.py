@@ -24,10 +24,8 @@ if TYPE_CHECKING:
 
 
 def _default_spin(label: str, maximum: int, tooltip: str, step: int = 1) -> SpinBox:
-    """A spin box whose 0 reads "model default" (the model card's value is used)."""
-    spin = SpinBox(label=label, min=0, max=maximum, step=step, tooltip=tooltip)
-    spin.native.setSpecialValueText(MODEL_DEFAULT)
-    return spin
+    """A spin box where 0 stands for the model card's value."""
+    return SpinBox(label=label, min=0, max=maximum, step=step, tooltip=f"{tooltip} (0: the model's default)")
 
 
 def _heading(text: str) -> Label:
@@ -59,7 +57,7 @@ class RestoreWidget(Container):
         super().__init__(widgets=[
             _heading("Input"), self.image, self.scope,
             _heading("Model"), self.task, self.model,
-            _heading("Sampling"), self.samples, self.steps, self.sampler, self.tile, self.device,
+            _heading("Sampling (0: the model's default)"), self.samples, self.steps, self.sampler, self.tile, self.device,
             self.run,
             _heading("Uncertainty"), self.uncertainty,
         ])
@@ -76,6 +74,7 @@ class RestoreWidget(Container):
         self._outcome: Finished | None = None  # how the current run ended, once it has
         self._threshold_from = None  # the model whose card set the threshold
         self._started = 0.0
+        self._follow_source(self.image.value)
         self._probe = self._start_worker(probe, returned=self._set_environment)
 
     # ---- choices ---------------------------------------------------------------------------------
@@ -98,7 +97,8 @@ class RestoreWidget(Container):
         self.model.set_presets(self.env.preset_names(self.settings.task))
 
     def _follow_source(self, layer) -> None:
-        """Inspect the results of the chosen image, if it has any."""
+        """Inspect the results of the chosen image, if it has any; offer slice or stack for a stack."""
+        self.scope.visible = layer is not None and layer.ndim == 3
         self.uncertainty.set_results(find_results(self.viewer.layers, layer_uid(layer)) if layer else {})
 
     # ---- running ---------------------------------------------------------------------------------
@@ -197,6 +197,8 @@ class RestoreWidget(Container):
             show_info(status)
         else:
             status = f"restored {kept} slice(s) in {time.perf_counter() - self._started:.1f} s"
+            how = self._results.meta
+            status += f" · {how['samples']} samples × {how['steps']} {how['sampler']} steps"
         if self._results.placed:
             self.uncertainty.set_results(self._results.layers)
         self.run_state.update(running=False, cancelling=False, status=status)
