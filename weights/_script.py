@@ -41,20 +41,28 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
 
 
 class TimeBudget:
-    """After ``measure_steps`` steps, shortens the run (and so its cosine learning-rate
-    schedule) to what ``minutes`` allow at the measured rate, on a shared CPU."""
+    """Fits the run (and so its cosine learning-rate schedule) into ``minutes`` on a shared CPU:
+    after ``measure_steps`` steps and every ``every`` steps after that, the total is set to what
+    the remaining time allows at the recent rate, never above the steps asked for."""
 
-    def __init__(self, minutes: float, measure_steps: int = 40):
-        self.seconds, self.measure_steps = minutes * 60, measure_steps
+    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200):
+        self.seconds, self.measure_steps, self.every = minutes * 60, measure_steps, every
         self.t0 = time.perf_counter()
+        self.mark = (0, self.t0)
+        self.asked: int | None = None
 
     def __call__(self, trainer, step: int) -> None:
-        if self.seconds and step == self.measure_steps:
-            rate = step / (time.perf_counter() - self.t0)
-            fitted = int(rate * self.seconds * 0.95)  # validations and checkpoints take the rest
-            if fitted < trainer.cfg.steps:
-                print(f"{rate:.2f} steps/s: {fitted} steps fit in the budget (asked {trainer.cfg.steps})", flush=True)
-                trainer.cfg.steps = max(fitted, step + 1)
+        if not self.seconds or step < self.measure_steps or (step - self.measure_steps) % self.every:
+            return
+        self.asked = self.asked or trainer.cfg.steps
+        now = time.perf_counter()
+        rate = (step - self.mark[0]) / (now - self.mark[1])
+        self.mark = (step, now)
+        left = self.seconds * 0.95 - (now - self.t0)  # validations and checkpoints take the rest
+        fitted = min(self.asked, max(step + 1, step + int(rate * left)))
+        if fitted != trainer.cfg.steps:
+            print(f"{rate:.2f} steps/s: {fitted} steps fit in the budget (asked {self.asked})", flush=True)
+            trainer.cfg.steps = fitted
 
 
 def train(args, card: dict, data, val) -> None:
