@@ -297,8 +297,9 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     ``volume`` is (Z, Y, X): numpy, dask or zarr, read two slices at a time; each plane goes
     through the tiled sampler of the restore core. Arguments as :func:`restore.restore`;
     ``estimate`` (default: the card's) is ``sample_mean`` or ``posterior_mean`` (see
-    :class:`restore.Settings`); ``gaps`` restricts the work to some gaps; ``origin`` (z, y, x) and ``normalizer`` place a
-    window of a larger volume in it (streaming), so the window draws the noise the whole would.
+    :class:`restore.Settings`); ``gaps`` restricts the work to some gaps; ``origin`` (z, y, x)
+    and ``normalizer`` place a window of a larger volume in it (streaming), so the window draws
+    the noise the whole volume would.
     """
     from ..device import resolve_device
     from ..restore import RestoreResult, Settings, _fit_normalizer, _prepare
@@ -341,7 +342,8 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     for gap in todo:
         t0 = time.perf_counter()
         lower, upper = plane(gap), plane(gap + 1)
-        g = sample_gap(model, lower, upper, settings, f, origin[0] + gap, seed, tuple(origin[1:]), dev, on_batch, cancel)
+        g = sample_gap(model, lower, upper, settings, f, origin[0] + gap, seed, tuple(origin[1:]), dev,
+                       on_batch, cancel)
         mean = to_dtype(normalizer.inverse(g.mean(settings.estimate)), volume.dtype)
         std = None
         if settings.samples > 1:
