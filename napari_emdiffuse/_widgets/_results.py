@@ -28,6 +28,15 @@ def role_of(layer) -> str | None:
     return (layer.metadata.get(KEY) or {}).get("role")
 
 
+def image_choices(viewer) -> list[tuple[str, object]]:
+    """(name, layer) of the layers a widget may take as input: images and restored images, not
+    uncertainty overlays. Labels are offered so that choosing one explains itself."""
+    from napari.layers import Image, Labels
+
+    return [(layer.name, layer) for layer in viewer.layers
+            if isinstance(layer, (Image, Labels)) and role_of(layer) in (None, "restored")]
+
+
 def find_results(layers, source_uid: str) -> dict:
     """role -> layer for the results of the source with this uid."""
     found = {}

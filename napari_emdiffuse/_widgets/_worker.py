@@ -1,18 +1,19 @@
 """The restore job run by the widget's worker thread, as a generator of typed updates.
 
-The compute core runs in a helper thread and reports through a queue, so the generator can
-yield progress while a slice is being sampled, not only between slices. Cancelling sets the
+The compute core runs in a helper thread (:func:`._threading.updates_from`), so the generator
+can yield progress while a slice is being sampled, not only between slices. Cancelling sets the
 core's cancel flag; the core stops at its next network batch and every slice that finished
 has already been yielded.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
+
+from ._threading import updates_from
 
 logger = logging.getLogger(__name__)
 
@@ -95,50 +96,33 @@ def error_message(error: BaseException, device: str) -> str:
     return f"restore failed ({type(error).__name__}: {error}) — the traceback is in the terminal"
 
 
-def _produce(image, request: RestoreRequest, cancel: threading.Event, out: queue.SimpleQueue) -> None:
+def _produce(image, request: RestoreRequest, cancel: threading.Event, put: Callable[[Update], None]) -> None:
     from ..restore import Cancelled, restore_slices
 
     finished = []
     try:
         model = load_model_cached(request.model, request.task)
         threshold = model.uncertainty.get("threshold")
-        out.put(ModelReady(model.name, model.task, model.aleatoric, threshold))
+        put(ModelReady(model.name, model.task, model.aleatoric, threshold))
         for z, result in restore_slices(
             image, model, task=request.task, samples=request.samples, steps=request.steps,
             sampler=request.sampler, tile=request.tile, device=request.device, seed=request.seed,
             threshold=request.threshold, slices=request.slices,
-            progress=lambda done, total: out.put(Progress(done, total)), cancel=cancel.is_set,
+            progress=lambda done, total: put(Progress(done, total)), cancel=cancel.is_set,
         ):
             finished.append(z)
-            out.put(SliceDone(z, result))
+            put(SliceDone(z, result))
             if cancel.is_set():  # a slice that finished just as Cancel was pressed is kept
                 raise Cancelled()
-        out.put(Finished(slices=tuple(finished)))
+        put(Finished(slices=tuple(finished)))
     except Cancelled:
-        out.put(Finished(cancelled=True, slices=tuple(finished)))
+        put(Finished(cancelled=True, slices=tuple(finished)))
     except Exception as e:  # noqa: BLE001 - reported to the user, never lost in the thread
-        out.put(Finished(error=error_message(e, request.device), slices=tuple(finished)))
+        put(Finished(error=error_message(e, request.device), slices=tuple(finished)))
 
 
 def restore_updates(image, request: RestoreRequest, cancel: threading.Event) -> Iterator[Update]:
     """Yield Progress / ModelReady / SliceDone updates, then one Finished, for a restore of
     ``image`` (2D or a stack; numpy, dask or zarr). Set ``cancel`` to stop early."""
-    out: queue.SimpleQueue = queue.SimpleQueue()
-    helper = threading.Thread(target=_produce, args=(image, request, cancel, out),
-                              name="emdiffuse-restore", daemon=True)
-    helper.start()
-    try:
-        while True:
-            batch = [out.get()]
-            while not out.empty():
-                batch.append(out.get())
-            last_progress = max((i for i, u in enumerate(batch) if isinstance(u, Progress)), default=-1)
-            for i, update in enumerate(batch):
-                if isinstance(update, Progress) and i != last_progress:
-                    continue  # only the newest progress matters to a progress bar
-                yield update
-                if isinstance(update, Finished):
-                    return
-    finally:
-        cancel.set()  # closing the generator early stops the core too
-        helper.join(timeout=30)
+    yield from updates_from(_produce, (image, request, cancel), cancel, progress=Progress, final=Finished,
+                            name="emdiffuse-restore")

@@ -13,9 +13,10 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ._checks import layer_problem, model_problem
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
-from ._results import ResultLayers, find_results, layer_uid, role_of, source_array
+from ._results import ResultLayers, find_results, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, SCOPES, TASKS, RestoreSettings, RunState, UncertaintyView, bind
+from ._threading import start_worker, wait_while
 from ._uncertainty_panel import UncertaintyPanel
 from ._worker import Finished, ModelReady, Progress, RestoreRequest, SliceDone, restore_updates
 
@@ -79,11 +80,7 @@ class RestoreWidget(Container):
 
     # ---- choices ---------------------------------------------------------------------------------
     def _image_choices(self, _widget=None):
-        from napari.layers import Image, Labels
-
-        # Labels are offered so that choosing one explains itself instead of vanishing
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, (Image, Labels)) and role_of(layer) in (None, "restored")]
+        return image_choices(self.viewer)
 
     def _set_environment(self, env: Environment) -> None:
         self.env = env
@@ -141,12 +138,7 @@ class RestoreWidget(Container):
 
     def wait(self, timeout: float = 60.0) -> None:
         """Block until the current restore is done, processing Qt events (scripts, tests)."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.perf_counter() + timeout
-        while self.running and time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.01)
+        wait_while(lambda: self.running, timeout)
 
     def _slices(self, layer) -> list[int] | None:
         if layer.ndim == 2:
@@ -203,13 +195,4 @@ class RestoreWidget(Container):
             self.uncertainty.set_results(self._results.layers)
         self.run_state.update(running=False, cancelling=False, status=status)
 
-    @staticmethod
-    def _start_worker(function, *args, **handlers):
-        """Start ``function(*args)`` in a worker thread, its signals connected before it runs."""
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(function, *args, _start_thread=False)
-        for signal, handler in handlers.items():
-            getattr(worker, signal).connect(handler)
-        worker.start()
-        return worker
+    _start_worker = staticmethod(start_worker)
