@@ -81,3 +81,40 @@ def notifications():
     notification_manager.notification_ready.connect(record)
     yield shown
     notification_manager.notification_ready.disconnect(record)
+
+
+class EventLoopWatch:
+    """Counts the ticks of a 10 ms Qt timer while the ``with`` block runs: a GUI thread busy with
+    work (instead of a worker thread doing it) shows as long gaps between ticks."""
+
+    def __enter__(self):
+        import time
+
+        from qtpy.QtCore import QTimer
+
+        self.ticks, self._clock = [], time.perf_counter
+        self._timer = QTimer()
+        self._timer.timeout.connect(lambda: self.ticks.append(self._clock()))
+        self.started = self._clock()
+        self._timer.start(10)
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.stop()
+        self.seconds = self._clock() - self.started
+        import numpy as np
+
+        self.longest_gap = float(np.diff([self.started, *self.ticks, self._clock()]).max())
+
+    def kept_turning(self, max_gap: float = 0.5) -> bool:
+        """At least one tick per 50 ms on average and never a gap over ``max_gap`` seconds."""
+        return len(self.ticks) > self.seconds / 0.05 and self.longest_gap < max_gap
+
+    def __str__(self) -> str:
+        return f"{len(self.ticks)} ticks in {self.seconds:.1f} s, longest gap {self.longest_gap:.2f} s"
+
+
+@pytest.fixture
+def event_loop_watch(qtbot):
+    """``with event_loop_watch() as watch: ...; assert watch.kept_turning(), watch``"""
+    return EventLoopWatch
