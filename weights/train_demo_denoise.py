@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--run", default="build/demo-denoise-run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--noise-draw", default="loguniform",
+                    help="noise levels drawn in training (napari_emdiffuse/training/noise.py)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -56,7 +58,7 @@ def main() -> None:
     train = pairs(TRAIN_ROWS, extra_noise=0.2, intensity_jitter=0.1)
     val = pairs(VAL_ROWS)
     cfg = TrainConfig(steps=args.steps, batch_size=8, lr=2e-4, warmup=200, ema_decay=0.999,
-                      loss="l2", noise_draw="loguniform", seed=args.seed, device="cpu",
+                      loss="l2", noise_draw=args.noise_draw, seed=args.seed, device="cpu",
                       val_every=250, val_batch=16, checkpoint_every=250)
     card = dict(CARD, training={"data": "napari_emdiffuse/sample_data/pair53_*.tif rows 0-559",
                                 "validation": "rows 576-767", "patch": 96, "extra_noise": 0.2,
