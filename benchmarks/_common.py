@@ -211,7 +211,8 @@ def recipe_samples(model, noisy: np.ndarray, seed: int = 0) -> tuple[np.ndarray,
         cached = np.load(path)
         return cached["samples"], float(cached["seconds"]), True
     d = model.diffusion
-    base = Settings.for_model(model, torch.device("cpu"), sampler="ddpm", samples=2, overlap=32, batch_size=1)
+    base = Settings.for_model(model, torch.device("cpu"), sampler="ddpm", samples=2, overlap=32, batch_size=1,
+                              precision="fp32")
     settings = grid_settings(base, recipe_sigmas(float(d["sigma_min"]), float(d["sigma_max"]), skip_repeats=True))
     samples, seconds = draw_samples(model, noisy, settings, seed=seed, layout="contiguous")
     path.parent.mkdir(parents=True, exist_ok=True)

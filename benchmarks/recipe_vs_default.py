@@ -53,7 +53,7 @@ def main() -> None:
     # The recipe's wall time on a fixed fraction of its steps.
     d = model.diffusion
     full = recipe_sigmas(float(d["sigma_min"]), float(d["sigma_max"]))
-    base = Settings.for_model(model, cpu, sampler="ddpm", samples=2, overlap=32, batch_size=1)
+    base = Settings.for_model(model, cpu, sampler="ddpm", samples=2, overlap=32, batch_size=1, precision="fp32")
     part = grid_settings(base, full[-(args.timed_steps + 1):])
     _, part_s = draw_samples(model, noisy, part, layout="contiguous")
     recipe_s = part_s * (len(full) - 1) / args.timed_steps
