@@ -15,12 +15,14 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..training.presets import PRESETS, SUGGESTED
-from ._environment import Environment, probe
+from ._environment import Environment
 from ._model_picker import ModelPicker
 from ._state import bind
+from ._threading import start_worker, wait_while
 from .training_plot import LossPlot
 from .training_state import FINE_TUNE, NEW, SOURCES, TASKS, TrainingRun, TrainingSettings
-from .training_worker import Finished, Started, TrainRequest, registration_summary, train_updates
+from .training_worker import (Finished, Started, TrainRequest, probe_for_training, registration_summary,
+                              train_updates)
 
 if TYPE_CHECKING:
     import napari
@@ -130,9 +132,13 @@ class TrainingWidget(Container):
         for name in ("task", "source", "start"):
             getattr(self.settings.events, name).connect(self._show_choices)
         self.settings.events.task.connect(self._offer_presets)
-        for name in ("running", "stopping", "step", "total", "status"):
-            getattr(self.run_state.events, name).connect(self._show_run)
-        self.settings.events.run_dir.connect(self._show_run)
+        # Each part of the run state repaints only its own widgets (a repaint is not free in a busy viewer).
+        for name in ("running", "stopping"):
+            getattr(self.run_state.events, name).connect(self._show_buttons)
+        self.settings.events.run_dir.connect(self._show_buttons)
+        self.run_state.events.step.connect(self._show_progress)
+        self.run_state.events.total.connect(self._show_progress)
+        self.run_state.events.status.connect(self._show_status)
         self.train_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.resume_button.changed.connect(self.resume)
@@ -141,13 +147,14 @@ class TrainingWidget(Container):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
 
-        self._suggest()
-        self._show_choices()
-        self._show_run()
         self._worker = None
         self._stop = threading.Event()
         self._trainer = None
-        self._probe = self._start_worker(probe, returned=self._set_environment)
+        self._last_psnr: float | None = None
+        self._suggest()
+        self._show_choices()
+        self._show_run()
+        self._probe = start_worker(probe_for_training, returned=self._set_environment)
 
     # ---- choices ---------------------------------------------------------------------------------
     def _image_choices(self, _widget=None):
@@ -198,7 +205,7 @@ class TrainingWidget(Container):
         if value and str(self.run_dir.value) != value:
             self.run_dir.value = value
 
-    def _show_run(self, *_) -> None:
+    def _show_buttons(self, *_) -> None:
         from ..training.runs import has_state
 
         r = self.run_state
@@ -207,9 +214,20 @@ class TrainingWidget(Container):
         self.resume_button.enabled = not r.running and resumable
         self.stop_button.enabled = r.running and not r.stopping
         self.save_button.enabled = r.running and self._trainer is not None
-        self.progress.max = max(r.total, 1)
-        self.progress.value = min(r.step, max(r.total, 1))
-        self.status.value = r.status
+
+    def _show_progress(self, *_) -> None:
+        total = max(self.run_state.total, 1)
+        if self.progress.max != total:
+            self.progress.max = total
+        self.progress.value = min(self.run_state.step, total)
+
+    def _show_status(self, status: str) -> None:
+        self.status.value = status
+
+    def _show_run(self) -> None:
+        self._show_buttons()
+        self._show_progress()
+        self._show_status(self.run_state.status)
 
     # ---- inputs ----------------------------------------------------------------------------------
     def _inputs(self) -> dict | str:
@@ -245,10 +263,10 @@ class TrainingWidget(Container):
         if s.start == FINE_TUNE and not resume and not s.model:
             return "choose the model to fine-tune: a bundled preset, a checkpoint file or a training run folder"
         if not s.run_dir:
-            s.run_dir = default_run_dir(TASKS[s.task])
+            s.run_dir = default_run_dir(s.task)
         settings = {"patch": s.patch, "batch_size": s.batch_size, "steps": s.steps, "lr": s.lr,
                     "device": s.device, "seed": s.seed}
-        return TrainRequest(TASKS[s.task], s.run_dir, inputs, preset=s.preset,
+        return TrainRequest(s.task, s.run_dir, inputs, preset=s.preset,
                             base=s.model if s.start == FINE_TUNE and not resume else None,
                             resume=resume, settings=settings)
 
@@ -272,7 +290,7 @@ class TrainingWidget(Container):
         verb = "resuming" if request.resume else "preparing"
         self.run_state.update(running=True, stopping=False, step=0, total=request.settings["steps"],
                               status=f"{verb} {Path(request.run_dir).name}…")
-        self._worker = self._start_worker(train_updates, request, self._stop, yielded=self._on_update)
+        self._worker = start_worker(train_updates, request, self._stop, yielded=self._on_update)
 
     def resume(self) -> None:
         self.start(resume=True)
@@ -291,16 +309,12 @@ class TrainingWidget(Container):
 
     def wait(self, timeout: float = 120.0) -> None:
         """Block until the current run is done, processing Qt events (scripts, tests)."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.perf_counter() + timeout
-        while self.running and time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.01)
+        wait_while(lambda: self.running, timeout)
 
     def _on_update(self, update) -> None:
         if isinstance(update, Started):
             self._trainer = update.trainer
+            self._show_buttons()
             self.plot.set_history(list(update.history))
             if update.aligned:
                 show_info(f"aligned {update.aligned} misregistered image(s) before training")
@@ -316,7 +330,7 @@ class TrainingWidget(Container):
                 status += f" · validation {self.plot.val[1][-1]:.4f}"
             if update.val_psnr is not None:
                 self._last_psnr = update.val_psnr
-            if getattr(self, "_last_psnr", None) is not None:
+            if self._last_psnr is not None:
                 status += f" ({self._last_psnr:.1f} dB)"
             if self.run_state.stopping:
                 status = "stopping after this step…"
@@ -332,6 +346,7 @@ class TrainingWidget(Container):
 
     def _finish(self, update: Finished) -> None:
         self._trainer = None
+        self._last_psnr = None
         if update.error:
             status = f"failed at step {update.step}" if update.step else "failed"
             show_error(update.error)
@@ -352,16 +367,5 @@ class TrainingWidget(Container):
             registered, message = summary
             (show_info if registered else show_warning)(message)
 
-        self._start_worker(registration_summary, inputs["noisy"], inputs["clean"], returned=report,
+        start_worker(registration_summary, inputs["noisy"], inputs["clean"], returned=report,
                            errored=lambda e: show_error(str(e)))
-
-    @staticmethod
-    def _start_worker(function, *args, **handlers):
-        """Start ``function(*args)`` in a worker thread, its signals connected before it runs."""
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(function, *args, _start_thread=False)
-        for signal, handler in handlers.items():
-            getattr(worker, signal).connect(handler)
-        worker.start()
-        return worker

@@ -3,6 +3,7 @@ one Started (with the trainer, so Save can ask it for a checkpoint), a TrainUpda
 Finished. Stop sets an event the trainer polls between steps; every run ends with a checkpoint."""
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -76,3 +77,24 @@ def registration_summary(noisy, clean) -> tuple[bool, str]:
     from ..training.datasets import registration_summary as summary
 
     return summary(noisy, clean)
+
+
+def probe_for_training():
+    """What the widget offers (devices, presets), and every import training needs, done here in
+    a worker: imported later, during a run, they would hold the GIL and stall the viewer."""
+    from ._environment import probe
+
+    env = probe()
+    import scipy.ndimage  # noqa: F401
+    import skimage.filters  # noqa: F401
+    import skimage.registration  # noqa: F401
+    import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimiser
+
+    from .. import io  # noqa: F401 - tifffile and zarr
+    from ..training import session  # noqa: F401
+
+    # A full garbage collection over everything napari and torch have built takes a second or
+    # more and stops every thread, the viewer's too; what exists now lives as long as the app,
+    # so later collections can skip it (reference counting still frees it).
+    gc.freeze()
+    return env

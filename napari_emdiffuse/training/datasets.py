@@ -274,3 +274,16 @@ def isotropic_data(volume, *, z_factor: int, anisotropic: bool = False, lateral_
             "patch": train.patch, "validation": _validation_note(val_fraction, gap)}
     card = {"isotropic": {"z_factor": int(z_factor), "route": route, "slice_index": "0-based (k-1 for the slice at k/f)"}}
     return TrainingData("isotropic", train, val, 2, slice_embedding=True, card=card, info=info)
+
+
+def registration_summary(noisy, clean) -> tuple[bool, str]:
+    """Whether a pair (arrays or paths, 2D or stacks) is registered, and one line saying so: for
+    a stack, its first misregistered slice, if any, among those training would check."""
+    noisy, clean = as_array(noisy, "the noisy image"), as_array(clean, "the clean image")
+    try:
+        _, reports, _ = _register_stack(noisy, clean, register=False, check=True, where="the pair")
+    except MisregisteredError as e:
+        return False, str(e)
+    if len(reports) == 1:
+        return True, reports[0].message
+    return True, f"the {len(reports)} checked slices are registered (worst correlation {min(r.correlation for r in reports):.3f})"

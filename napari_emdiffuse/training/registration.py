@@ -51,7 +51,7 @@ class Registration:
         what = " and ".join(what)
         return (f"{what}: correlation {self.correlation:.3f}, {self.correlation_aligned:.3f} once aligned; "
                 "a model trained on a misregistered pair learns to blur. Register the pair first "
-                "(CLI: --register; widget: Register pair), or align the images yourself")
+                "(CLI: --register; Training widget: tick 'align misregistered pairs'), or align the images yourself")
 
 
 def _smooth_standardised(image: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
 CARD_NAME, WEIGHTS_NAME, STATE_NAME = "card.yaml", "weights.pt", "state.pt"
@@ -48,6 +47,8 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_torch(obj, path: Path) -> None:
+    import torch  # lazily: the widgets ask about run folders without loading torch
+
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

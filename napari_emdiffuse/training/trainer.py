@@ -42,7 +42,8 @@ class TrainConfig:
 
 @dataclass
 class TrainUpdate:
-    """What the loop reports: every step a loss; at validations also val loss, PSNR, preview."""
+    """What the loop reports: every step a loss; at validations also val loss, PSNR and a preview
+    (the one-step estimate of a validation crop; ``extra`` holds that crop's input and target)."""
 
     step: int
     total: int
@@ -90,6 +91,7 @@ class Trainer:
         self.torch_rng = torch.Generator().manual_seed(config.seed).get_state()
         self.cuda_rng: torch.Tensor | None = None
         self.save_requested = False
+        self.preview_pair: tuple[np.ndarray, np.ndarray] | None = None
         self._check_channels()
 
     def _check_channels(self) -> None:
@@ -186,6 +188,8 @@ class Trainer:
             mse = float(((est - x0) ** 2).mean())
             psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # peak-to-peak of [-1, 1] is 2
             preview = est[0, 0].cpu().numpy()
+            # What the preview shows the estimate against: the input (its last channel) and the target.
+            self.preview_pair = (batch["condition"][0, -1].numpy(), batch["target"][0, 0].numpy())
         finally:
             self.network = saved
         return val_loss, psnr, preview
@@ -264,6 +268,7 @@ class Trainer:
                 record = {"step": self.step, "loss": loss}
                 if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                     update.val_loss, update.val_psnr, update.preview = self.validate()
+                    update.extra["preview_input"], update.extra["preview_target"] = self.preview_pair
                     record.update(val_loss=update.val_loss, val_psnr=update.val_psnr)
                 self.history.append(record)
                 yield update
