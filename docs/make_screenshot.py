@@ -2,17 +2,19 @@
 
     xvfb-run -a python3 docs/make_screenshot.py --model demo-denoise -o docs/napari_restore.png
 
-Restores the held-out rows (576-767) of the bundled 4 us SEM image through the Restore widget,
+Restores a crop of the held-out rows (576-767) of the bundled 4 us SEM image through the Restore widget,
 exactly as a user would, and saves the whole window (canvas, layer list and the widget).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT_ROWS = slice(576, 768)  # never seen in training (see sample_data/PROVENANCE.txt)
+HELD_OUT = (slice(576, 768), slice(256, 512))  # rows never seen in training (sample_data/PROVENANCE.txt)
 
 
 def register_plugin() -> None:
@@ -35,14 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    # napari's default settings in a throwaway file: reproducible, and the user's stay untouched
+    os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
     import napari
+    from napari.settings import get_settings
 
+    get_settings().application.gui_notification_level = "error"  # no toasts over the picture
     from napari_emdiffuse.sample_data import load_pair
 
     register_plugin()
     viewer = napari.Viewer(title="napari-emdiffuse")
     viewer.window._qt_window.resize(*args.size)
-    noisy = load_pair()[0][HELD_OUT_ROWS]
+    noisy = load_pair()[0][HELD_OUT]
     source = viewer.add_image(noisy, name="SEM 4 us (held out)")
     _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Restore")
     widget.image.value = source
@@ -53,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if widget.running or not widget._results or not widget._results.placed:
         print(f"the restore did not finish: {widget.run_state.status}", file=sys.stderr)
         return 1
+    # the input beside the result for comparison (a display copy, left of it)
+    viewer.add_image(noisy, name="input (4 us)", translate=(0, -noisy.shape[1] - 8))
     source.visible = False
+    widget.view.show_mask = False  # the overlay alone reads best at this size; the toggle shows it
     viewer.layers.selection.active = widget._results.layers["restored"]
     viewer.reset_view()
     viewer.window._qt_viewer.canvas.on_draw(None)  # so the readout sees the visible region

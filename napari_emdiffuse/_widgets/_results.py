@@ -13,6 +13,7 @@ KEY = "emdiffuse"  # layer.metadata key: {"source": source uid, "role": ..., "sp
 ROLES = ("restored", "std", "aleatoric", "mask")
 MASK_COLOR = (1.0, 0.15, 0.1, 1.0)
 PLACE_PAUSE_MS = 15
+OVERLAYS = {"std": ("uncertainty (std)", (1.0, 0.8, 0.0)), "aleatoric": ("aleatoric (std)", (0.0, 0.8, 1.0))}
 
 
 def source_array(layer):
@@ -70,9 +71,18 @@ def _matrix(value) -> np.ndarray:
 
 
 def _std_limits(values: np.ndarray) -> tuple[float, float]:
+    """From the median (typical uncertainty stays clear) to the 99.5th percentile."""
     finite = values[np.isfinite(values)]
-    top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
-    return 0.0, max(top, 1e-6)
+    low, top = np.percentile(finite, [50, 99.5]) if finite.size else (0.0, 1.0)
+    return float(low), float(max(top, low + 1e-6))
+
+
+def uncertainty_colormap(name: str, rgb: tuple[float, float, float]):
+    """``rgb`` fading in with the uncertainty: transparent where it is low, so the restored image
+    shows through, opaque where it is high."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[(*rgb, 0.0), (*rgb, 1.0)], name=name)
 
 
 def mask_colormap():
@@ -198,9 +208,9 @@ class ResultLayers:
         if role == "restored":
             return self.viewer.add_image(data, name=f"{name} restored", colormap="gray", **common)
         if role == "mask":
-            return self.viewer.add_labels(data, name=f"{name} unreliable", opacity=0.5,
+            return self.viewer.add_labels(data, name=f"{name} unreliable", opacity=0.4,
                                           colormap=mask_colormap(), visible=self.show.get("mask", True), **common)
-        label, colormap = {"std": ("uncertainty (std)", "inferno"), "aleatoric": ("aleatoric (std)", "viridis")}[role]
-        # additive blending: low uncertainty is dark and adds nothing, so the image shows through
-        return self.viewer.add_image(data, name=f"{name} {label}", colormap=colormap, blending="additive",
-                                     opacity=0.8, visible=self.show.get(role, role == "std"), **common)
+        label, rgb = OVERLAYS[role]
+        return self.viewer.add_image(data, name=f"{name} {label}", colormap=uncertainty_colormap(label, rgb),
+                                     blending="translucent", opacity=0.8,
+                                     visible=self.show.get(role, role == "std"), **common)

@@ -76,6 +76,7 @@ class RestoreWidget(Container):
         self._threshold_from = None  # the model whose card set the threshold
         self._started = 0.0
         self._follow_source(self.image.value)
+        self.native.destroyed.connect(lambda *_: self._cancel.set())  # the viewer closed mid-run
         self._probe = self._start_worker(probe, returned=self._set_environment)
 
     # ---- choices ---------------------------------------------------------------------------------
