@@ -227,3 +227,42 @@ def test_base_preset_is_the_published_emdiffuse_network():
     net = build_network(network_card("base"))
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(15.7e6, rel=0.01)
     assert set(PRESETS) == {"tiny", "small", "base"}
+
+
+def test_warm_up_then_cosine_learning_rate():
+    from napari_emdiffuse.training.trainer import lr_at
+
+    cfg = TrainConfig(steps=110, lr=1e-3, warmup=10)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(0.5e-3)  # half-way through the cosine
+    assert lr_at(110, cfg) == pytest.approx(0.0, abs=1e-12)
+    rates = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_gradient_accumulation_averages_the_micro_batches(sem_data, tmp_path):
+    t = trainer(sem_data, tmp_path, grad_accum=3)
+    drawn = []
+    draw = t.data.draw
+    t.data.draw = lambda batch, rng: drawn.append(batch) or draw(batch, rng)
+    loss = t.train_step()
+    assert drawn == [2, 2, 2] and t.step == 1 and np.isfinite(loss)
+
+
+def test_fine_tuning_an_emdiffuse_checkpoint(tmp_path):
+    """A published-format EMDiffuse-n network (eps-prediction, no aleatoric head) continues training
+    on real SEM crops; the run folder is then a model of our own format."""
+    from napari_emdiffuse.training import session
+
+    checkpoint = REPO / "tests" / "data" / "emdiffuse" / "emdiffuse_unet2d_small_Network.pth"
+    noisy, clean = load_pair()
+    inputs = {"noisy": noisy[:128, :128], "clean": clean[:128, :128], "check": False}
+    t, _ = session.prepare("denoise", tmp_path / "tuned", inputs, base=str(checkpoint),
+                           settings={"steps": 2, "batch_size": 2, "patch": 32, "device": "cpu"})
+    assert t.model.diffusion["parameterization"] == "eps" and not t.model.aleatoric
+    before = {k: v.clone() for k, v in t.network.state_dict().items()}
+    t.run()
+    tuned = load_model(tmp_path / "tuned", task="denoise")
+    assert tuned.card["training"]["fine_tuned_from"].endswith("emdiffuse_unet2d_small_Network.pth")
+    changed = [k for k, v in t.network.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the weights moved from the checkpoint's

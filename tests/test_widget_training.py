@@ -161,3 +161,26 @@ def test_choices_that_cannot_train_notify_instead_of_raising(dock, qtbot, tmp_pa
     widget.settings.update(preset="tiny", run_dir=str(tmp_path / "run"), steps=2, device="cpu")
     train(widget, qtbot)  # 160 x 128 images cannot hold 96-pixel patches and a validation band
     assert "smaller patch size" in errors(notifications)[-1]
+
+
+def test_loss_plot_falls_back_to_plain_qt_without_pyqtgraph(qtbot, monkeypatch):
+    import sys
+
+    from qtpy.QtGui import QImage
+
+    from napari_emdiffuse._widgets.training_plot import LossPlot
+
+    monkeypatch.setitem(sys.modules, "pyqtgraph", None)  # as if it were not installed
+    plot = LossPlot()
+    qtbot.addWidget(plot.widget)
+    assert plot.backend == "qt"
+    plot.set_history([{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4, "val_loss": 0.3}])
+    plot.add(3, 0.2, 0.25)
+    assert plot.val == ([2, 3], [0.3, 0.25])
+    assert plot.summary() == "step 3: loss 0.2000, validation 0.2500"
+    plot.widget.resize(200, 120)
+    image = QImage(plot.widget.size(), QImage.Format_ARGB32)
+    image.fill(0)
+    plot.widget.render(image)  # both curves are drawn: pixels of each colour
+    colours = {image.pixelColor(x, y).name() for x in range(200) for y in range(120)}
+    assert {"#8ab4f8", "#f28b82"} <= colours

@@ -1,6 +1,12 @@
 """A live plot of the training and validation loss: pyqtgraph when installed (fast, interactive),
-else matplotlib's Qt canvas, else a text readout. The points are kept here for any backend."""
+else a plain Qt drawing. The points are kept here for either."""
 from __future__ import annotations
+
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QWidget
+
+TRAIN_COLOUR, VAL_COLOUR = "#8ab4f8", "#f28b82"
 
 
 class LossPlot:
@@ -9,18 +15,12 @@ class LossPlot:
     def __init__(self):
         self.train: tuple[list[int], list[float]] = ([], [])
         self.val: tuple[list[int], list[float]] = ([], [])
-        self.backend = "text"
-        for make in (self._pyqtgraph, self._matplotlib):
-            try:
-                make()
-                break
-            except ImportError:
-                continue
-        else:
-            from qtpy.QtWidgets import QLabel
-
-            self.widget = QLabel("")
-            self._draw = lambda: self.widget.setText(self._summary())
+        try:
+            self._pyqtgraph()
+        except ImportError:
+            self.widget = QtLossPlot(self)
+            self.backend = "qt"
+            self._draw = self.widget.update  # repaints from self.train / self.val
 
     def _pyqtgraph(self) -> None:
         import pyqtgraph as pg
@@ -30,9 +30,9 @@ class LossPlot:
         self.widget.addLegend(offset=(-10, 10))
         self.widget.setLabel("bottom", "step")
         self.widget.setLabel("left", "loss")
-        self._train_curve = self.widget.plot([], [], pen=pg.mkPen("#8ab4f8", width=1), name="training")
-        self._val_curve = self.widget.plot([], [], pen=pg.mkPen("#f28b82", width=2), symbol="o", symbolSize=5,
-                                           symbolBrush="#f28b82", name="validation")
+        self._train_curve = self.widget.plot([], [], pen=pg.mkPen(TRAIN_COLOUR, width=1), name="training")
+        self._val_curve = self.widget.plot([], [], pen=pg.mkPen(VAL_COLOUR, width=2), symbol="o", symbolSize=5,
+                                           symbolBrush=VAL_COLOUR, name="validation")
         self.backend = "pyqtgraph"
 
         def draw():
@@ -40,30 +40,7 @@ class LossPlot:
             self._val_curve.setData(*self.val)
         self._draw = draw
 
-    def _matplotlib(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(4, 2.2), tight_layout=True)
-        axes = figure.add_subplot()
-        axes.set_xlabel("step")
-        axes.set_ylabel("loss")
-        (train_line,) = axes.plot([], [], lw=1, label="training")
-        (val_line,) = axes.plot([], [], "o-", lw=2, ms=3, label="validation")
-        axes.legend(loc="upper right")
-        self.widget = FigureCanvasQTAgg(figure)
-        self.widget.setMinimumHeight(160)
-        self.backend = "matplotlib"
-
-        def draw():
-            train_line.set_data(*self.train)
-            val_line.set_data(*self.val)
-            axes.relim()
-            axes.autoscale_view()
-            self.widget.draw_idle()
-        self._draw = draw
-
-    def _summary(self) -> str:
+    def summary(self) -> str:
         last = f"step {self.train[0][-1]}: loss {self.train[1][-1]:.4f}" if self.train[0] else "no steps yet"
         return last + (f", validation {self.val[1][-1]:.4f}" if self.val[0] else "")
 
@@ -89,3 +66,34 @@ class LossPlot:
             ys.clear()
         if draw:
             self._draw()
+
+
+class QtLossPlot(QWidget):
+    """Both curves scaled to the widget, with the last values written in a corner."""
+
+    MARGIN = 8
+
+    def __init__(self, plot: LossPlot):
+        super().__init__()
+        self.plot = plot
+        self.setMinimumHeight(120)
+
+    def polyline(self, xs: list, ys: list, x_range: tuple, y_range: tuple) -> QPolygonF:
+        m, w, h = self.MARGIN, self.width() - 2 * self.MARGIN, self.height() - 2 * self.MARGIN
+        (x0, x1), (y0, y1) = x_range, y_range
+        return QPolygonF([QPointF(m + w * (x - x0) / max(x1 - x0, 1e-12), m + h * (1 - (y - y0) / max(y1 - y0, 1e-12)))
+                          for x, y in zip(xs, ys)])
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        train, val = self.plot.train, self.plot.val
+        if train[0]:
+            values = train[1] + val[1]
+            x_range, y_range = (min(train[0]), max(train[0])), (min(values), max(values))
+            for (xs, ys), colour, width in ((train, TRAIN_COLOUR, 1), (val, VAL_COLOUR, 2)):
+                painter.setPen(QPen(QColor(colour), width))
+                painter.drawPolyline(self.polyline(xs, ys, x_range, y_range))
+        painter.setPen(QColor("#cccccc"))
+        painter.drawText(self.rect().adjusted(4, 4, -4, -4), int(Qt.AlignTop | Qt.AlignRight), self.plot.summary())
+        painter.end()
