@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from _common import header, load_demo, load_note
+from _common import header, load_demo, load_note, precision_note
 from napari_emdiffuse.restore import Settings, restore
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.tiling import TileGrid
@@ -44,7 +44,8 @@ def main() -> None:
         print(f"{size:5d}x{size:<5d} {mp:6.2f} {len(grid.windows()):5d} {grid.evaluated_fraction:8.2f}x "
               f"{best:8.2f} {best / mp:7.2f}", flush=True)
     print(f"settings: {info.get('sampler')} {info.get('steps')} steps, {info.get('evaluations')} evaluations x "
-          f"{info.get('samples')} samples, tile {info.get('tile')} batch {info.get('batch_size')}, device {info.get('device')}")
+          f"{info.get('samples')} samples, tile {info.get('tile')} batch {info.get('batch_size')}, device {info.get('device')}, "
+          f"{precision_note(model)}")
     print(f"# after: {load_note()}")
 
 

@@ -1,13 +1,15 @@
 """Quality against network evaluations on the held-out region (rows 576-767 of the real SEM pair):
 EMDiffuse's 1000-step ancestral DDPM against the fast samplers and noise grids at few steps.
 
-    PYTHONPATH=. python3 benchmarks/samplers_quality.py [--columns 0:768] [--steps 1 2 3 4 5 10 20]
+    PYTHONPATH=. python3 benchmarks/samplers_quality.py [--columns 0:256] [--steps 1 2 3 4 5 10 20]
 
 Every row is the mean of 2 samples (as EMDiffuse reports), seed 0, the demo model, tiles of 256
 with overlap 32, fp32. The default crop is the held-out rows' first 256 columns (192 x 256, one
-tile): the 1000-step row costs 876 tile evaluations there, four times that on the whole region. PSNR/SSIM after a least-squares affine intensity match to the 36 us image;
-"PSNR 1" is a single sample; "spread" is the mean per-pixel std between the two samples in grey
-levels (a sampler that collapses to the blurred mean has none). NFE = network evaluations per
+tile): the 1000-step row costs 876 tile evaluations there, four times that on the whole region.
+PSNR/SSIM after a least-squares affine intensity match to the 36 us image; "PSNR 1" is a single
+sample; "spread" is the mean per-pixel std between the two samples in grey levels (a sampler
+that collapses to the blurred mean has none); "PSNR pm" is restore's posterior-mean estimate (the
+denoiser at the first, noisiest level, averaged over the 2 starts). NFE = network evaluations per
 sample. The DDPM-1000 row comes from build/bench/ when it was computed before for the same
 weights and crop (recipe_vs_default.py shares it).
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _common import REPO, draw_samples, header, held_out, load_demo, load_note, quality, recipe_samples
+from _common import REPO, draw_samples, header, held_out, load_demo, load_note, psnr, quality, recipe_samples
 from napari_emdiffuse.restore import Settings
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun", "heun_churn")
@@ -58,12 +60,13 @@ def main() -> None:
     model, source = load_demo(args.model)
     header(f"quality vs network evaluations, {source}, held-out rows 576-767 x columns {a}-{b}")
     rows = []
-    print(f"{'sampler / grid':28s} {'steps':>5s} {'NFE':>5s} {'PSNR':>7s} {'PSNR 1':>7s} {'SSIM':>6s} {'spread':>6s} {'s':>6s}")
+    print(f"{'sampler / grid':28s} {'steps':>5s} {'NFE':>5s} {'PSNR':>7s} {'PSNR 1':>7s} {'SSIM':>6s} {'spread':>6s} "
+          f"{'PSNR pm':>7s} {'s':>6s}")
 
     def report(label: str, steps: int, nfe: int, q: dict, seconds: float, note: str = "") -> None:
         rows.append(dict(label=label, steps=steps, nfe=nfe, seconds=seconds, **q))
         print(f"{label:28s} {steps:5d} {nfe:5d} {q['psnr']:7.2f} {q['psnr_one']:7.2f} {q['ssim']:6.3f} "
-              f"{q['spread']:6.2f} {seconds:6.1f}{note}", flush=True)
+              f"{q['spread']:6.2f} {q.get('psnr_pm', float('nan')):7.2f} {seconds:6.1f}{note}", flush=True)
 
     if not args.no_recipe:
         samples, seconds, cached = recipe_samples(model, noisy)
@@ -71,8 +74,9 @@ def main() -> None:
                "  (cached)" if cached else "  (438 distinct levels evaluated, see recipe_sigmas)")
     for label, over in configs(args.steps, not args.no_grids):
         settings = Settings.for_model(model, torch.device("cpu"), samples=2, overlap=32, precision=args.precision, **over)
-        samples, seconds = draw_samples(model, noisy, settings)
-        report(label, settings.steps, settings.evaluations, quality(samples, clean), seconds)
+        samples, seconds, posterior_mean = draw_samples(model, noisy, settings)
+        report(label, settings.steps, settings.evaluations, dict(quality(samples, clean), psnr_pm=psnr(posterior_mean, clean)),
+               seconds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"source": source, "columns": [a, b], "date": time.strftime("%Y-%m-%d %H:%M"),
