@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import socket
+import time
 from typing import Callable
 
 from .streaming import ChunkDone, StreamJob, open_source, restore_chunk
 
 CONNECT_TIMEOUT = "20s"
+IN_FLIGHT_PER_THREAD = 2  # tasks queued per worker thread
 
 __all__ = ["connect", "run_on_cluster"]
 
@@ -64,8 +66,9 @@ def _restore_chunk_task(job: StreamJob, index, model) -> ChunkDone:
 def run_on_cluster(job: StreamJob, indices, model, cluster, on_chunk: Callable[[ChunkDone], None] | None = None,
                    cancel: Callable[[], bool] | None = None) -> int:
     """Submit one task per chunk in ``indices`` and wait; ``on_chunk`` is called here as each
-    finishes. Returns the number of workers. ``model`` is a RestorationModel (scattered to the
-    workers) or a name/path each worker loads."""
+    finishes. Returns the number of workers that ran chunks. ``model`` is a RestorationModel
+    (scattered to the workers) or a name/path each worker loads. Tasks wait in the scheduler
+    until workers join (a batch system may start them later)."""
     from distributed import as_completed
 
     from .model import RestorationModel
@@ -76,28 +79,41 @@ def run_on_cluster(job: StreamJob, indices, model, cluster, on_chunk: Callable[[
                          "not an in-memory array — save it first (e.g. to .zarr)")
     client, owned = connect(cluster)
     try:
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        if workers == 0:
-            raise ValueError(f"the dask scheduler at {client.scheduler.address} has no workers — start some "
-                             "(`dask worker ADDRESS`) and try again")
         if isinstance(model, RestorationModel):
             model = client.scatter(model.to("cpu"), broadcast=True, hash=False)
         elif not isinstance(model, str):
             raise TypeError("model must be a RestorationModel or a model name/path")
-        futures = [client.submit(_restore_chunk_task, job, tuple(index), model, pure=False,
-                                 key=f"emdiffuse-chunk-{'.'.join(map(str, index))}-{id(job):x}")
-                   for index in indices]
+        pending = iter(indices)
+        token = f"{id(job):x}{time.time_ns():x}"
+        running = as_completed(loop=client.loop)
+        used = set()
+
+        def top_up() -> None:
+            """Keep a bounded window of tasks in flight, sized to the workers there are now (they
+            may come and go: dask-jobqueue, adaptive clusters), so the scheduler's and this
+            process's memory stay flat however many chunks the volume has."""
+            target = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
+            while running.count() < target:
+                index = next(pending, None)
+                if index is None:
+                    return
+                running.add(client.submit(_restore_chunk_task, job, tuple(index), model, pure=False,
+                                          key=f"emdiffuse-chunk-{'.'.join(map(str, index))}-{token}"))
+
+        top_up()
         try:
-            for future in as_completed(futures, loop=client.loop):
+            for future in running:
                 if cancel is not None and cancel():
                     raise Cancelled()
                 done = future.result()
+                used.add(done.worker)
+                top_up()
                 if on_chunk is not None:
                     on_chunk(done)
         except BaseException:
-            client.cancel(futures)
+            client.cancel(list(running.futures))
             raise
-        return workers
+        return len(used)
     finally:
         if owned:
             client.close()

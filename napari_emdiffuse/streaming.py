@@ -38,7 +38,7 @@ MANIFEST = "emdiffuse_stream"
 FIELDS = ("mean", "std", "aleatoric", "mask")
 TAGS = {"std": "std", "aleatoric": "aleatoric", "mask": "mask"}  # OUTPUT_<tag>.zarr, as the CLI
 DEFAULT_CHUNK = (1, 1024, 1024)
-NORMALIZER_PIXELS = 16_000_000  # pixels read to fit the volume's normaliser, at most
+NORMALIZER_PIXELS = 4_000_000  # pixels read to fit the volume's normaliser, at most
 
 __all__ = ["ChunkGrid", "StreamJob", "ChunkDone", "StreamReport", "plan_stream", "restore_chunk",
            "stream_restore", "finished_chunks", "open_result", "result_layer_data", "output_paths",
@@ -221,7 +221,7 @@ def _volume_normalizer(image, model):
     return Normalizer.fit(sample, norm["low"], norm["high"])
 
 
-def _fingerprint(model) -> str:
+def weights_fingerprint(model) -> str:
     """A hash of the network's weights: resuming with other weights is refused."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.network.state_dict().items()):
@@ -291,7 +291,7 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
     fields = _outputs_for(model, settings, threshold)
     job = StreamJob(location, str(output), task, grid_, np.dtype(array.dtype).str, fields,
                     (normalizer.lo, normalizer.hi), int(seed), options)
-    manifest = {"version": 1, "task": task, "model": model.name, "weights": _fingerprint(model),
+    manifest = {"version": 1, "task": task, "model": model.name, "weights": weights_fingerprint(model),
                 "input_shape": list(array.shape), "dtype": job.dtype, "chunk": list(chunk), "halo": halo,
                 "scale": scale, "z_factor": z_factor, "seed": job.seed, "normalizer": list(job.normalizer),
                 "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"},
