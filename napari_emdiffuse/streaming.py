@@ -37,7 +37,7 @@ DONE = "emdiffuse_done"
 MANIFEST = "emdiffuse_stream"
 FIELDS = ("mean", "std", "aleatoric", "mask")
 TAGS = {"std": "std", "aleatoric": "aleatoric", "mask": "mask"}  # OUTPUT_<tag>.zarr, as the CLI
-DEFAULT_CHUNK = (1, 1024, 1024)
+DEFAULT_CHUNK = (1, 2048, 2048)
 NORMALIZER_PIXELS = 4_000_000  # pixels read to fit the volume's normaliser, at most
 
 __all__ = ["ChunkGrid", "StreamJob", "ChunkDone", "StreamReport", "plan_stream", "restore_chunk",
@@ -276,7 +276,7 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
         check_volume(array, z_factor)
     else:
         z_factor = 1
-    chunk = _check_chunk(chunk, shape3, array.ndim)
+    chunk = _check_chunk(chunk, shape3)
     halo = default_halo(model, tile, overlap) if halo is None else int(halo)
     if halo < 0:
         raise ValueError(f"halo must be 0 or more pixels, got {halo}")
@@ -297,13 +297,14 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
                 "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"},
                 "threshold": threshold, "fields": list(fields)}
     manifest = json.loads(json.dumps(manifest))  # what the store will hand back: lists, floats
+    units = None
     if voxel_size is None:
-        voxel_size = _voxel_size_of(image)
-    _prepare_outputs(job, array.ndim, manifest, voxel_size, overwrite)
+        voxel_size, units = _voxel_size_of(image)
+    _prepare_outputs(job, array.ndim, manifest, voxel_size, units, overwrite)
     return job, array, model
 
 
-def _check_chunk(chunk, shape3, ndim) -> tuple[int, int, int]:
+def _check_chunk(chunk, shape3) -> tuple[int, int, int]:
     if chunk is None:
         chunk = DEFAULT_CHUNK
     chunk = tuple(int(c) for c in (chunk if not isinstance(chunk, int) else (1, chunk, chunk)))
@@ -312,43 +313,48 @@ def _check_chunk(chunk, shape3, ndim) -> tuple[int, int, int]:
     if len(chunk) != 3:
         raise ValueError(f"chunk must be (Y, X) or (Z, Y, X) pixels, got {chunk}")
     if min(chunk) < 1 or min(chunk[1:]) < 16:
-        raise ValueError(f"chunk {chunk} is too small: use at least 16 pixels in Y and X (e.g. --chunk 1024)")
+        raise ValueError(f"chunk {chunk} is too small: use at least 16 pixels in Y and X (e.g. --chunk 2048)")
     return tuple(min(c, s) for c, s in zip(chunk, shape3))
 
 
 # ---- OME-Zarr output --------------------------------------------------------------------------
 def _voxel_size_of(image):
-    """The input's voxel size (z, y, x order) from OME-Zarr metadata, a ``voxel_size`` attribute
-    or TIFF tags; None when unknown or the input is an array without a path."""
+    """The input's voxel size (z, y, x order) and the axes' units (or None) from OME-Zarr
+    metadata, a ``voxel_size`` attribute or TIFF tags (micrometres); None when unknown or the
+    input is an array without a path."""
     if not isinstance(image, (str, os.PathLike)):
-        return None
+        return None, None
     from .io import image_format, read_voxel_size
 
     if image_format(image) == "zarr":
-        scale = read_ome_scale(image)
-        if scale is not None:
-            return scale
-    return read_voxel_size(image)
+        scale, units = read_ome_scale(image, with_units=True)
+        return (scale, units) if scale is not None else (read_voxel_size(image), None)
+    size = read_voxel_size(image)
+    return size, None if size is None else ["micrometer"] * len(size)  # ImageJ's unit, as io writes it
 
 
-def read_ome_scale(path) -> tuple[float, ...] | None:
-    """The first dataset's scale from OME-Zarr (NGFF 0.4 or 0.5) multiscales metadata, or None."""
+def read_ome_scale(path, with_units: bool = False):
+    """The first dataset's scale from OME-Zarr (NGFF 0.4 or 0.5) multiscales metadata, or None;
+    with ``with_units``, also the axes' units (None where the metadata has none)."""
     import zarr
 
     attrs = dict(zarr.open(str(path), mode="r").attrs)
     multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    scale, units = None, None
     try:
         for transform in multiscales[0]["datasets"][0]["coordinateTransformations"]:
             if transform.get("type") == "scale":
-                return tuple(float(v) for v in transform["scale"])
-    except (TypeError, KeyError, IndexError):
+                scale = tuple(float(v) for v in transform["scale"])
+        units = [axis.get("unit") for axis in multiscales[0]["axes"]]
+    except (TypeError, KeyError, IndexError, AttributeError):
         pass
-    return None
+    return (scale, units) if with_units else scale
 
 
-def ome_metadata(ndim: int, voxel_size, name: str) -> dict:
+def ome_metadata(ndim: int, voxel_size, name: str, units=None) -> dict:
     """NGFF 0.5 ``ome`` attributes for a single-level image (spatial axes, voxel size as scale)."""
-    axes = [{"name": a, "type": "space"} for a in "zyx"[-ndim:]]
+    units = list(units)[-ndim:] if units is not None and len(units) >= ndim else [None] * ndim
+    axes = [{"name": a, "type": "space", **({"unit": u} if u else {})} for a, u in zip("zyx"[-ndim:], units)]
     scale = [1.0] * ndim if voxel_size is None else [float(v) for v in tuple(voxel_size)[-ndim:]]
     return {"version": "0.5", "multiscales": [{
         "name": name, "axes": axes,
@@ -369,13 +375,13 @@ def _dtype_of(field_name: str, dtype: str):
     return {"mean": np.dtype(dtype), "std": np.float32, "aleatoric": np.float32, "mask": np.uint8}[field_name]
 
 
-def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, voxel_size, name: str):
+def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, voxel_size, units, name: str):
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     shape, chunks = grid.out_shape[-ndim:], grid.out_chunks[-ndim:]
     group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    group.attrs.update({"ome": ome_metadata(ndim, voxel_size, name),
+    group.attrs.update({"ome": ome_metadata(ndim, voxel_size, name, units),
                         **({"voxel_size": list(voxel_size)} if voxel_size is not None else {})})
     return group
 
@@ -389,7 +395,7 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-def _prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, overwrite: bool) -> None:
+def _prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, units, overwrite: bool) -> None:
     paths = job.paths()
     mean_path = paths["mean"]
     if mean_path.exists() and not overwrite:
@@ -408,12 +414,13 @@ def _prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, over
     out_voxel = _output_voxel_size(voxel_size, job.grid, ndim)
     for name, path in paths.items():
         if name != "mean":
-            _create_image(path, job.grid, ndim, _dtype_of(name, job.dtype), out_voxel, f"{mean_path.stem} {name}")
+            _create_image(path, job.grid, ndim, _dtype_of(name, job.dtype), out_voxel, units,
+                          f"{mean_path.stem} {name}")
     # The mean store appears complete, manifest and done markers included, or not at all.
     mean_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=mean_path.parent, prefix=f".{mean_path.name}.", suffix=".tmp"))
     try:
-        group = _create_image(tmp, job.grid, ndim, _dtype_of("mean", job.dtype), out_voxel, mean_path.stem)
+        group = _create_image(tmp, job.grid, ndim, _dtype_of("mean", job.dtype), out_voxel, units, mean_path.stem)
         group.create_array(DONE, shape=job.grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
         group.attrs[MANIFEST] = manifest
         if mean_path.exists():
@@ -467,7 +474,7 @@ def _chunk_results(job: StreamJob, index, model, array, cancel) -> Iterator[tupl
 
         f = grid.z_factor
         for z in range(z0, grid.out_region(index)[0].stop, f):  # acquired slices pass through
-            yield range(z - z0, z - z0 + 1), _Acquired(window[z // f])
+            yield range(z - z0, z - z0 + 1), _acquired(window[z // f])
         for gap, res in reconstruct_gaps(window, model, z_factor=f, seed=job.seed, cancel=cancel,
                                          gaps=list(grid.slices(index)), normalizer=normalizer,
                                          origin=(0, *origin), **job.options):
@@ -482,18 +489,12 @@ def _chunk_results(job: StreamJob, index, model, array, cancel) -> Iterator[tupl
         yield range(z, z + 1), res
 
 
-@dataclass
-class _Acquired:
+def _acquired(plane: np.ndarray):
     """An acquired slice in an isotropic output: itself, measured, with no uncertainty."""
+    from .restore import RestoreResult
 
-    plane: np.ndarray
-
-    def __getattr__(self, name):
-        if name == "mean":
-            return self.plane[None]
-        if name in ("std", "aleatoric", "mask"):
-            return np.zeros((1, *self.plane.shape), dtype=np.float32)
-        raise AttributeError(name)
+    zeros = np.zeros((1, *plane.shape), dtype=np.float32)
+    return RestoreResult(plane[None], zeros, zeros, zeros.astype(np.uint8))
 
 
 def restore_chunk(job: StreamJob, index, model, array=None, cancel=None) -> ChunkDone:

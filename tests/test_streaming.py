@@ -185,6 +185,7 @@ def test_ome_zarr_in_and_out_with_voxel_sizes_and_superres_scaling(tmp_path):
     attrs = dict(zarr.open_group(str(out), mode="r").attrs)
     dataset = attrs["ome"]["multiscales"][0]["datasets"][0]
     assert attrs["ome"]["version"] == "0.5" and dataset["path"] == "0"
+    assert [a["unit"] for a in attrs["ome"]["multiscales"][0]["axes"]] == ["micrometer"] * 3
     assert dataset["coordinateTransformations"][0]["scale"] == pytest.approx([0.05, 0.005, 0.005])
     assert read_voxel_size(out) == pytest.approx((0.05, 0.005, 0.005))
     # The halo covers both steps' tiles (2 x 16 output pixels = 16 input pixels): = in-memory.
