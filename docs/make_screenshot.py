@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo-denoise", help="preset name, checkpoint or run folder")
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "napari_restore.png"))
-    ap.add_argument("--samples", type=int, default=0, help="0: the model card's default")
+    ap.add_argument("--samples", type=int, default=6, help="more samples: a smoother uncertainty map (0: the model card's default)")
     ap.add_argument("--steps", type=int, default=0, help="0: the model card's default")
     ap.add_argument("--size", type=int, nargs=2, default=(1400, 800), metavar=("W", "H"))
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the restore")
