@@ -45,14 +45,15 @@ class TimeBudget:
     after ``measure_steps`` steps and every ``every`` steps after that, the total is set to what
     the remaining time allows at the recent rate, never above the steps asked for."""
 
-    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200):
-        self.seconds, self.measure_steps, self.every = minutes * 60, measure_steps, every
+    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200, start_step: int = 0):
+        self.seconds, self.every = minutes * 60, every
+        self.first = start_step + measure_steps  # a resumed run measures from where it resumed
         self.t0 = time.perf_counter()
-        self.mark = (0, self.t0)
+        self.mark = (start_step, self.t0)
         self.asked: int | None = None
 
     def __call__(self, trainer, step: int) -> None:
-        if not self.seconds or step < self.measure_steps or (step - self.measure_steps) % self.every:
+        if not self.seconds or step < self.first or (step - self.first) % self.every:
             return
         self.asked = self.asked or trainer.cfg.steps
         now = time.perf_counter()
@@ -74,7 +75,6 @@ def train(args, card: dict, data, val) -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
                       loss="l2", noise_draw="loguniform", seed=args.seed, device="cpu",
                       val_every=250, val_batch=16, checkpoint_every=250)
-    budget = TimeBudget(args.minutes)
     t0 = time.time()
 
     def report(u: TrainUpdate) -> None:
@@ -87,6 +87,7 @@ def train(args, card: dict, data, val) -> None:
                       should_stop=lambda: trainer.step >= trainer.cfg.steps)  # the budget may shorten it
     if args.resume:
         trainer.resume()
+    budget = TimeBudget(args.minutes, start_step=trainer.step)
     trainer.run()
     print(f"done in {time.time() - t0:.0f}s at step {trainer.step}")
 
