@@ -243,3 +243,17 @@ def test_bad_choices_notify_instead_of_raising(dock, qtbot, tiny_model_dir, noti
     assert not results_of(viewer, image)
     assert len(errors(notifications)) == 5
 
+
+
+def test_closing_the_viewer_mid_run_stops_the_work(make_napari_viewer, emdiffuse_plugin, qtbot, tiny_model_dir):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Restore")
+    qtbot.waitUntil(lambda: widget.env.ready, timeout=60_000)
+    viewer.add_image(load_fibsem()[:8], name="fib")
+    widget.settings.model = str(tiny_model_dir)
+    widget.start()
+    qtbot.waitUntil(lambda: bool(widget._results and widget._results.finished), timeout=120_000)
+    cancel, worker = widget._cancel, widget._worker
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)  # late updates are dropped quietly
+    assert cancel.is_set()

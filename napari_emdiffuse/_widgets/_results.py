@@ -95,11 +95,13 @@ class ResultLayers:
     """The result layers of one run. Layers appear (or take over the previous results of the
     same source) when the first slice finishes, one per turn of the Qt event loop so the viewer
     stays responsive while napari builds them; later slices fill them in place.
-    ``on_placed(layers)`` is called once all of them exist."""
+    ``on_placed(layers)`` is called once all of them exist; placing stops once ``alive()`` is
+    false (the viewer was closed)."""
 
     def __init__(self, viewer, source, slices: Sequence[int], threshold: Callable[[], float],
-                 show: dict[str, bool] | None = None, on_placed: Callable[[dict], None] | None = None):
-        self.viewer, self.source, self.threshold = viewer, source, threshold
+                 show: dict[str, bool] | None = None, on_placed: Callable[[dict], None] | None = None,
+                 alive: Callable[[], bool] = lambda: True):
+        self.viewer, self.source, self.threshold, self.alive = viewer, source, threshold, alive
         self.source_uid = layer_uid(source)
         self.slices = list(slices)  # source z of each result plane (a 2D source: [0])
         self.show = show or {}
@@ -179,6 +181,9 @@ class ResultLayers:
     def _place_next(self) -> None:
         from qtpy.QtCore import QTimer
 
+        if not self.alive():
+            self._pending.clear()
+            return
         role = self._pending[0]
         data = self.arrays[role]
         meta = {KEY: dict(self.meta, source=self.source_uid, role=role)}

@@ -76,7 +76,6 @@ class RestoreWidget(Container):
         self._threshold_from = None  # the model whose card set the threshold
         self._started = 0.0
         self._follow_source(self.image.value)
-        self.native.destroyed.connect(lambda *_: self._cancel.set())  # the viewer closed mid-run
         self._probe = self._start_worker(probe, returned=self._set_environment)
 
     # ---- choices ---------------------------------------------------------------------------------
@@ -122,7 +121,7 @@ class RestoreWidget(Container):
             device=s.device, seed=s.seed, threshold=self.view.threshold)
         show = {"std": self.view.show_std, "aleatoric": self.view.show_aleatoric, "mask": self.view.show_mask}
         self._results = ResultLayers(self.viewer, layer, slices or [0], lambda: self.view.threshold, show,
-                                     on_placed=self._results_placed)
+                                     on_placed=self._results_placed, alive=lambda: not self._closed())
         self._outcome = None
         self._cancel = threading.Event()
         self._started = time.perf_counter()
@@ -151,6 +150,9 @@ class RestoreWidget(Container):
         return [int(np.clip(np.round(z), 0, depth - 1))]
 
     def _on_update(self, update) -> None:
+        if self._closed():  # the viewer was closed mid-run: stop the work, show nothing
+            self._cancel.set()
+            return
         if isinstance(update, Progress):
             self.run_state.update(done=update.done, total=update.total,
                                   status=self._progress_text(update) if not self.run_state.cancelling else "cancelling…")
@@ -195,5 +197,12 @@ class RestoreWidget(Container):
         if self._results.placed:
             self.uncertainty.set_results(self._results.layers)
         self.run_state.update(running=False, cancelling=False, status=status)
+
+    def _closed(self) -> bool:
+        try:
+            self.native.objectName()
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return True
+        return False
 
     _start_worker = staticmethod(start_worker)
