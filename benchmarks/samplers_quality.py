@@ -28,9 +28,9 @@ from napari_emdiffuse.restore import Settings
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun", "heun_churn")
 
 
-def configs(steps: list[int], grids: bool) -> list[tuple[str, dict]]:
+def configs(steps: list[int], grids: bool, samplers=SAMPLERS) -> list[tuple[str, dict]]:
     out = []
-    for name in SAMPLERS:
+    for name in samplers:
         for n in steps:
             if name.startswith("heun") and n == 1:
                 continue  # one Heun step is one Euler step: the 1-step rows of the others cover it
@@ -48,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--columns", default="0:256", help="column range of the held-out rows, e.g. 0:256")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4, 5, 10, 20])
+    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     ap.add_argument("--no-grids", action="store_true", help="skip the noise-grid variants of dpmpp_2m")
     ap.add_argument("--no-recipe", action="store_true", help="skip the 1000-step DDPM row")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
@@ -72,7 +73,7 @@ def main() -> None:
         samples, seconds, cached = recipe_samples(model, noisy)
         report("EMDiffuse DDPM 1000", 1000, 1000, quality(samples, clean), seconds,
                "  (cached)" if cached else "  (438 distinct levels evaluated, see recipe_sigmas)")
-    for label, over in configs(args.steps, not args.no_grids):
+    for label, over in configs(args.steps, not args.no_grids, args.samplers):
         settings = Settings.for_model(model, torch.device("cpu"), samples=2, overlap=32, precision=args.precision, **over)
         samples, seconds, posterior_mean = draw_samples(model, noisy, settings)
         report(label, settings.steps, settings.evaluations, dict(quality(samples, clean), psnr_pm=psnr(posterior_mean, clean)),
