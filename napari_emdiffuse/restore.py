@@ -50,6 +50,9 @@ class Settings:
     # estimate at the noisiest level, E[x0 | condition], averaged over the K starts. Both
     # estimate the posterior mean; the second has no sampling noise (Rao-Blackwellised).
     estimate: str = "sample_mean"
+    # posterior_mean only: also average the estimate over this many of the 8 rotations/flips of
+    # the image (self-ensemble), one extra network evaluation per tile each.
+    ensemble: int = 1
     precision: str = "auto"  # auto: bf16 where the hardware has it natively (see inference_autocast)
 
     @classmethod
@@ -60,10 +63,12 @@ class Settings:
                 tile=int(t["size"]), overlap=int(t["overlap"]),
                 batch_size=16 if device.type == "cuda" else 4,
                 sampler_options=dict(d.get("sampler_options") or {}), precision=str(d.get("precision", "auto")),
-                estimate=str(d.get("estimate", "sample_mean")))
+                estimate=str(d.get("estimate", "sample_mean")), ensemble=int(d.get("ensemble", 1)))
         s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
         if s.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {s.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if not 1 <= s.ensemble <= 8:
+            raise ValueError("ensemble must be between 1 and 8 (rotations and flips of the image)")
         if s.estimate not in ESTIMATES:
             raise ValueError(f"unknown estimate {s.estimate!r}: use one of {', '.join(ESTIMATES)}")
         if s.sampler not in SAMPLERS:
@@ -183,6 +188,27 @@ def _fit_normalizer(image, model: RestorationModel) -> Normalizer:
     return Normalizer.fit(np.asarray(image), norm["low"], norm["high"])
 
 
+def dihedral(t: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 rotations/flips of the last two axes, or its inverse."""
+    rot, flip = k % 4, k >= 4
+    if inverse:
+        return torch.rot90(t.flip(-1) if flip else t, -rot, dims=(-2, -1))
+    t = torch.rot90(t, rot, dims=(-2, -1))
+    return t.flip(-1) if flip else t
+
+
+def _ensemble_mean(model, cond, first, settings, seed, z, on_batch, cancel) -> torch.Tensor:
+    """The posterior-mean estimate averaged over ``settings.ensemble`` rotations/flips: the
+    network is not exactly equivariant, and its errors partly cancel (EDSR's self-ensemble)."""
+    one_level = replace(settings, steps=1, samples=1)
+    estimates = [first.mean(0, keepdim=True)]
+    for k in range(1, settings.ensemble):
+        out = sample_plane(model, dihedral(cond, k), one_level, seed=seed, streams=[(z, 2 ** 20 + k)],
+                           on_batch=on_batch, cancel=cancel, with_mean=True)[2]
+        estimates.append(dihedral(out, k, inverse=True))
+    return torch.cat(estimates).mean(0, keepdim=True)
+
+
 def _condition_for(model: RestorationModel, plane: np.ndarray, device) -> torch.Tensor:
     cond = torch.from_numpy(plane)[None, None].to(device)
     if model.task == "superres":
@@ -198,7 +224,7 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
                    progress: Progress = None, cancel: Cancel = None, threshold: float | None = None,
                    slices: Sequence[int] | None = None, origin: tuple[int, int, int] = (0, 0, 0),
                    normalizer: Normalizer | None = None,
-                   estimate: str | None = None) -> Iterator[tuple[int, RestoreResult]]:
+                   estimate: str | None = None, ensemble: int | None = None) -> Iterator[tuple[int, RestoreResult]]:
     """Restore slice by slice, yielding ``(z, RestoreResult)`` as each slice finishes.
 
     ``image`` is (Y, X) (yields z = 0) or (Z, Y, X); numpy, dask or zarr (read one slice at a
@@ -211,7 +237,8 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
     dev = resolve_device(device)
     model = _prepare(model, dev, task)
     settings = Settings.for_model(model, dev, samples=samples, steps=steps, sampler=sampler, grid=grid,
-                                  tile=tile, overlap=overlap, batch_size=batch_size, estimate=estimate)
+                                  tile=tile, overlap=overlap, batch_size=batch_size, estimate=estimate,
+                                  ensemble=ensemble)
     normalizer = normalizer if normalizer is not None else _fit_normalizer(image, model)
     span = normalizer.hi - normalizer.lo
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
@@ -221,7 +248,12 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
     out_shape = tuple(s * scale for s in plane_shape)
     probe = TileGrid.plan(out_shape, settings.tile, settings.overlap, model.network.downsample_factor,
                           (origin[1] * scale, origin[2] * scale))
-    total = len(probe.windows()) * settings.samples * settings.evaluations * len(zs)
+    ensemble = settings.ensemble if settings.estimate == "posterior_mean" else 1
+    per_plane = len(probe.windows()) * settings.samples * settings.evaluations
+    for k in range(1, ensemble):  # a rotated plane may need another number of tiles
+        shape = out_shape[::-1] if k % 2 else out_shape
+        per_plane += len(TileGrid.plan(shape, settings.tile, settings.overlap, model.network.downsample_factor).windows())
+    total = per_plane * len(zs)
     done = [0]
 
     def on_batch(n: int) -> None:
@@ -245,6 +277,8 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
                     raise
                 settings.batch_size //= 2  # the largest batch that fits, found once
                 torch.cuda.empty_cache()
+        if ensemble > 1:
+            first = _ensemble_mean(model, cond, first, settings, seed, origin[0] + z, on_batch, cancel)
         xs = xs[:, 0].float().cpu().numpy()
         estimate = xs if settings.estimate == "sample_mean" else first[:, 0].float().cpu().numpy()
         mean = to_dtype(normalizer.inverse(estimate.mean(axis=0)), image.dtype)
@@ -255,7 +289,7 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
         mask = None if basis is None or not np.isfinite(thr) else reliability_mask(basis, span, thr)
         info = {"z": z, "seconds": time.perf_counter() - t0, "device": str(dev),
                 "evaluations": settings.evaluations, "samples": settings.samples, "sampler": settings.sampler,
-                "steps": settings.steps, "estimate": settings.estimate, "tile": settings.tile, "batch_size": settings.batch_size,
+                "steps": settings.steps, "estimate": settings.estimate, "ensemble": ensemble, "tile": settings.tile, "batch_size": settings.batch_size,
                 "normalizer": (normalizer.lo, normalizer.hi), "threshold": thr, "model": model.name}
         yield z, RestoreResult(mean, std, ale, mask, info)
 

@@ -156,3 +156,18 @@ def test_posterior_mean_estimate_is_the_first_level_denoiser_and_ignores_steps()
     np.testing.assert_array_equal(b.std, c.std)  # the spread comes from the same samples
     with pytest.raises(ValueError, match="estimate"):
         restore(image, model, estimate="median")
+
+
+def test_self_ensemble_averages_rotations_and_counts_its_evaluations():
+    model = tiny_model()
+    image = (np.random.default_rng(8).random((40, 56)) * 255).astype(np.float32)
+    seen = []
+    one = restore(image, model, tile=32, overlap=8, steps=2, estimate="posterior_mean")
+    four = restore(image, model, tile=32, overlap=8, steps=2, estimate="posterior_mean", ensemble=4,
+                   progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1]  # progress reaches its total with the extra evaluations
+    assert four.mean.shape == image.shape and np.abs(four.mean - one.mean).max() > 1e-3
+    np.testing.assert_array_equal(four.std, one.std)  # the ensemble changes only the estimate
+    # an equivariant model (identity) gives the same answer under every rotation/flip
+    np.testing.assert_allclose(restore(image, identity_model(), tile=32, overlap=8, estimate="posterior_mean",
+                                       ensemble=8).mean, image, atol=1e-3)
