@@ -96,12 +96,16 @@ class RestorationModel:
 def build_network(network_card: dict) -> UNet:
     kw = dict(network_card)
     kind = kw.pop("kind", "unet")
-    if kind != "unet":
-        raise ValueError(f"unknown network kind {kind!r} in the model card")
+    if kind not in ("unet", "residual_unet"):
+        raise ValueError(f"unknown network kind {kind!r} in the model card: use unet or residual_unet")
     if "channel_mults" in kw:
         kw["channel_mults"] = tuple(kw["channel_mults"])
     if "attn_res" in kw:
         kw["attn_res"] = tuple(kw["attn_res"])
+    if kind == "residual_unet":  # x0 = interpolation baseline + UNet (tasks/residual.py)
+        from .tasks.residual import ResidualUNet
+
+        return ResidualUNet(**kw)
     return UNet(**kw)
 
 

@@ -235,3 +235,17 @@ def test_short_training_3d_variant_lowers_validation_loss(tmp_path):
     val = iso.training_data(fib[45:], 4, dims=3, depth_multiple=2, both_directions=False)
     before, after = _short_training(data, val, tiny_card(dims=3, z_factor=4), tmp_path, steps=30, dims=3)
     assert after < 0.7 * before
+
+
+def test_untrained_residual_network_starts_at_linear_interpolation():
+    """kind residual_unet: x0 = linear interpolation + UNet, whose output layer starts at zero."""
+    card = tiny_card(aleatoric=False)
+    card["network"].update(kind="residual_unet", residual_z_factor=5)
+    card["diffusion"]["clip"] = None
+    model = model_from_card(card)
+    vol = load_fibsem()[::5][:3, :32, :48].astype(np.float32)
+    res = iso.reconstruct(vol, model, device="cpu")
+    np.testing.assert_allclose(res.mean, iso.linear_interpolation(vol, 5), atol=0.05)
+    with pytest.raises(ValueError, match="residual_z_factor"):
+        card["network"].pop("residual_z_factor")
+        model_from_card(card)

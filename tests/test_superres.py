@@ -116,3 +116,12 @@ def test_short_training_on_real_sstem_lowers_validation_loss(tmp_path):
     before = trainer.validate()[0]
     trainer.run()
     assert trainer.history[-1]["val_loss"] < 0.7 * before
+
+
+def test_untrained_residual_network_starts_at_bicubic():
+    card = tiny_card()
+    card["network"]["kind"] = "residual_unet"
+    card["diffusion"]["clip"] = None
+    lr = sr.bin_mean(load_sstem()[0, :64, :96], 2)
+    res = sr.superres(lr, model_from_card(card), device="cpu")
+    np.testing.assert_allclose(res.mean, sr.upsample(lr, 2), atol=0.05)

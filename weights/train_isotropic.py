@@ -31,9 +31,10 @@ CARD = {
     "description": "Isotropic reconstruction x5 along z (e.g. 50 nm sections to 10 nm), vEMDiffuse-style 2D "
                    "network with slice embedding; trained on real FIB-SEM of Drosophila medulla (FlyEM), "
                    "demo size, CPU-trained.",
-    "network": {"kind": "unet", "dims": 2, "in_channel": 3, "out_channel": 1, "inner_channel": 16,
+    "network": {"kind": "residual_unet", "dims": 2, "in_channel": 3, "out_channel": 1, "inner_channel": 16,
                 "channel_mults": [1, 2, 4, 4], "res_blocks": 1, "attn_res": [], "num_head_channels": 32,
-                "norm_groups": 8, "dropout": 0.0, "slice_embedding": True, "aleatoric": True},
+                "norm_groups": 8, "dropout": 0.0, "slice_embedding": True, "aleatoric": True,
+                "residual_z_factor": Z_FACTOR},
     "diffusion": {"parameterization": "x0", "clip": [-1.5, 1.5], "sigma_min": 0.002, "sigma_max": 80.0,
                   "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 2},
     "normalization": {"low": 0.1, "high": 99.9},
