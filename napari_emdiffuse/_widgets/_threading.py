@@ -8,14 +8,20 @@ import time
 from typing import Callable, Iterator
 
 
-def start_worker(function, *args, **handlers):
+def start_worker(function, *args, cancel: threading.Event | None = None, **handlers):
     """Start ``function(*args)`` in a napari worker thread, its signals (``yielded=``,
-    ``returned=``, ...) connected before it runs so that no early report is missed."""
+    ``returned=``, ...) connected before it runs so that no early report is missed.
+
+    ``cancel`` is set if napari aborts the worker (it does when the viewer closes): an aborted
+    generator is never resumed, so the work it drives must be told to stop."""
     from napari.qt.threading import create_worker
+    from qtpy.QtCore import Qt
 
     worker = create_worker(function, *args, _start_thread=False)
     for signal, handler in handlers.items():
         getattr(worker, signal).connect(handler)
+    if cancel is not None:
+        worker.aborted.connect(cancel.set, Qt.ConnectionType.DirectConnection)
     worker.start()
     return worker
 

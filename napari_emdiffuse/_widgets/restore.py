@@ -128,7 +128,7 @@ class RestoreWidget(Container):
         self.run_state.update(running=True, cancelling=False, done=0, total=0,
                               status=f"loading {s.model.rsplit('/', 1)[-1]}…")
         self._worker = self._start_worker(restore_updates, source_array(layer), request, self._cancel,
-                                          yielded=self._on_update)
+                                          cancel=self._cancel, yielded=self._on_update)
 
     def cancel(self) -> None:
         """Stop at the next network batch; finished slices stay."""
