@@ -182,7 +182,7 @@ def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str 
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     model.network.to("cpu", memory_format=fmt).eval()
     norm = model.normalization
-    normalizer = Normalizer.fit(noisy, norm["low"], norm["high"])
+    normalizer = Normalizer.for_card(noisy, norm)
     cond = torch.from_numpy(normalizer(noisy))[None, None]
     t0 = time.perf_counter()
     xs, _, first = sample_plane(model, cond, settings, seed=seed, streams=[(0, k) for k in range(settings.samples)],

@@ -185,7 +185,7 @@ def _fit_normalizer(image, model: RestorationModel) -> Normalizer:
     if image.ndim == 3 and image.shape[0] > 16:  # lazy inputs: a few evenly spaced slices suffice
         picks = np.linspace(0, image.shape[0] - 1, 16).round().astype(int)
         image = np.stack([np.asarray(image[int(z)]) for z in picks])
-    return Normalizer.fit(np.asarray(image), norm["low"], norm["high"])
+    return Normalizer.for_card(np.asarray(image), norm)
 
 
 def dihedral(t: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:

@@ -218,7 +218,7 @@ def _volume_normalizer(image, model):
     sample = np.stack([np.asarray(image[::stride, ::stride] if z is None else image[int(z), ::stride, ::stride])
                        for z in zs])
     norm = model.normalization
-    return Normalizer.fit(sample, norm["low"], norm["high"])
+    return Normalizer.for_card(sample, norm)
 
 
 def weights_fingerprint(model) -> str:

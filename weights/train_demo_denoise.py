@@ -45,24 +45,30 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--noise-draw", default="loguniform",
                     help="noise levels drawn in training (napari_emdiffuse/training/noise.py)")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--jitter", type=float, default=0.1, help="intensity jitter of the condition")
+    ap.add_argument("--normalize-bin", type=int, default=1,
+                    help="percentiles of bin x bin means (the card's normalization.bin)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # one thread is robust on a CPU shared with other jobs
     torch.manual_seed(args.seed)
     noisy, clean = load_pair()
-    cond = Normalizer.fit(noisy)(noisy)
-    target = Normalizer.fit(clean)(clean)
+    norm = {**CARD["normalization"], "bin": args.normalize_bin}
+    cond = Normalizer.for_card(noisy, norm)(noisy)
+    target = Normalizer.for_card(clean, norm)(clean)
     def pairs(rows, **kw):
         return PatchPairs(cond[None, None, rows], target[None, None, rows], patch=96, **kw)
-    train = pairs(TRAIN_ROWS, extra_noise=0.2, intensity_jitter=0.1)
+    train = pairs(TRAIN_ROWS, extra_noise=0.2, intensity_jitter=args.jitter)
     val = pairs(VAL_ROWS)
-    cfg = TrainConfig(steps=args.steps, batch_size=8, lr=2e-4, warmup=200, ema_decay=0.999,
+    cfg = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, warmup=200, ema_decay=0.999,
                       loss="l2", noise_draw=args.noise_draw, seed=args.seed, device="cpu",
                       val_every=250, val_batch=16, checkpoint_every=250)
     card = dict(CARD, training={"data": "napari_emdiffuse/sample_data/pair53_*.tif rows 0-559",
                                 "validation": "rows 576-767", "patch": 96, "extra_noise": 0.2,
-                                "intensity_jitter": 0.1})
+                                "intensity_jitter": args.jitter})
+    card["normalization"] = norm
     model = model_from_card(card)
 
     def report(u: TrainUpdate) -> None:

@@ -74,7 +74,7 @@ def _as_list(images) -> list:
 
 def _normalizer(image: np.ndarray, normalization: dict | None) -> Normalizer:
     norm = {**DEFAULT_NORMALIZATION, **(normalization or {})}
-    return Normalizer.fit(image, norm["low"], norm["high"])
+    return Normalizer.for_card(image, norm)
 
 
 # ---- the validation region ---------------------------------------------------------------------
