@@ -204,21 +204,23 @@ def _input(image):
 
 
 def _volume_normalizer(image, model):
-    """The normaliser the in-memory restore would fit, reading at most NORMALIZER_PIXELS pixels
-    (a strided subsample of up to 16 evenly spaced slices when the volume is larger)."""
+    """The normaliser the in-memory restore would fit, reading at most NORMALIZER_PIXELS pixels:
+    when the volume is larger, a 4 x 4 grid of full-resolution crops from each of up to 16 evenly
+    spaced slices (full resolution, so a card's ``normalization.bin`` means what it means for a
+    whole image)."""
     from .normalize import Normalizer
     from .restore import _fit_normalizer
 
     planes = 1 if image.ndim == 2 else min(image.shape[0], 16)
-    per_plane = int(np.prod(image.shape[-2:]))
-    if planes * per_plane <= NORMALIZER_PIXELS:
+    h, w = image.shape[-2:]
+    if planes * h * w <= NORMALIZER_PIXELS:
         return _fit_normalizer(image, model)
-    stride = math.ceil(math.sqrt(planes * per_plane / NORMALIZER_PIXELS))
+    side = int(math.sqrt(NORMALIZER_PIXELS / (planes * 16)))
     zs = [None] if image.ndim == 2 else np.linspace(0, image.shape[0] - 1, planes).round().astype(int)
-    sample = np.stack([np.asarray(image[::stride, ::stride] if z is None else image[int(z), ::stride, ::stride])
-                       for z in zs])
-    norm = model.normalization
-    return Normalizer.for_card(sample, norm)
+    ys, xs = (np.linspace(0, max(n - side, 0), 4).round().astype(int) for n in (h, w))
+    crops = [np.asarray(image[(*(() if z is None else (int(z),)), slice(y, y + side), slice(x, x + side))])
+             for z in zs for y in ys for x in xs]
+    return Normalizer.for_card(np.stack(crops), model.normalization)
 
 
 def weights_fingerprint(model) -> str:
@@ -246,6 +248,7 @@ def _outputs_for(model, settings, threshold) -> tuple[str, ...]:
 def plan_stream(image, output, model, *, task: str | None = None, chunk=None, halo: int | None = None,
                 seed: int = 0, samples=None, steps=None, sampler=None, grid=None, tile=None, overlap=None,
                 batch_size=None, device: str = "auto", threshold=None, z_factor: int | None = None,
+                estimate: str | None = None, ensemble: int | None = None,
                 normalizer=None, voxel_size=None, overwrite: bool = False):
     """Check the input, fit the volume's normaliser, and create OUTPUT and its siblings (or,
     when they hold an unfinished run with the same settings, keep them to resume).
@@ -266,7 +269,7 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
     task = task or model.task
     model.require_task(task)
     settings = Settings.for_model(model, torch.device("cpu"), samples=samples, steps=steps, sampler=sampler,
-                                  grid=grid, tile=tile, overlap=overlap)
+                                  grid=grid, tile=tile, overlap=overlap, estimate=estimate, ensemble=ensemble)
     shape3 = (1, *array.shape) if array.ndim == 2 else tuple(array.shape)
     scale = int((model.card.get("superres") or {}).get("scale", 2)) if task == "superres" else 1
     if task == "isotropic":
@@ -288,6 +291,8 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
     options = {"samples": settings.samples, "steps": settings.steps, "sampler": settings.sampler,
                "grid": settings.grid, "tile": settings.tile, "overlap": settings.overlap,
                "batch_size": batch_size, "device": device, "threshold": threshold}
+    if task != "isotropic":  # the posterior-mean estimate is the restore core's (denoise, superres)
+        options.update(estimate=settings.estimate, ensemble=settings.ensemble)
     fields = _outputs_for(model, settings, threshold)
     job = StreamJob(location, str(output), task, grid_, np.dtype(array.dtype).str, fields,
                     (normalizer.lo, normalizer.hi), int(seed), options)

@@ -268,3 +268,30 @@ def test_cli_chunk_streams_resumes_and_explains_a_tiff_output(tmp_path, tiny_mod
     assert "(0 restored, 8 already done)" in capsys.readouterr().out
     assert main([*args[:3], str(tmp_path / "out.tif"), *args[4:]]) == 2
     assert "give OUTPUT a .zarr name" in capsys.readouterr().err
+
+
+def test_a_large_volume_normaliser_reads_a_bounded_sample_close_to_the_full_fit(monkeypatch):
+    from napari_emdiffuse import streaming
+    from napari_emdiffuse.restore import _fit_normalizer
+
+    class Counting:
+        """An array that counts the pixels read from it."""
+
+        def __init__(self, array):
+            self.array, self.read = array, 0
+            self.shape, self.ndim, self.dtype = array.shape, array.ndim, array.dtype
+
+        def __getitem__(self, index):
+            out = self.array[index]
+            self.read += out.size
+            return out
+
+    model = tiny_model()
+    image = volume((20, 200, 200))
+    full = _fit_normalizer(image, model)
+    monkeypatch.setattr(streaming, "NORMALIZER_PIXELS", 60_000)
+    counting = Counting(image)
+    sampled = streaming._volume_normalizer(counting, model)
+    assert counting.read <= 60_000
+    span = full.hi - full.lo
+    assert abs(sampled.lo - full.lo) < 0.05 * span and abs(sampled.hi - full.hi) < 0.05 * span

@@ -47,7 +47,7 @@ def run_streaming(args: argparse.Namespace, task: str, source: Path, default_mod
     model = args.model or default_model
     if not model:
         fail(f"no default {task} model is bundled — pass one with --model NAME|PATH")
-    extra = {}
+    extra = {name: getattr(args, name) for name in ("estimate", "ensemble") if getattr(args, name, None) is not None}
     if task == "isotropic":
         extra["z_factor"] = args.z_factor
     if task == "superres" and getattr(args, "scale", None) is not None:
