@@ -22,12 +22,20 @@ GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.
                         "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.0}
 
 
-def held_out(columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+def held_out(columns: slice = slice(None), rows: slice = HELD_OUT_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """(noisy 4 us, clean 36 us) uint8 crops of the held-out rows 576-767 of the real SEM pair."""
     from napari_emdiffuse.sample_data import load_pair
 
+    if (rows.start or 0) < HELD_OUT_ROWS.start:
+        raise ValueError(f"rows {rows.start}-{rows.stop} include training rows: use rows from 576 on")
     noisy, clean = load_pair()
-    return noisy[HELD_OUT_ROWS, columns], clean[HELD_OUT_ROWS, columns]
+    return noisy[rows, columns], clean[rows, columns]
+
+
+def span(text: str) -> slice:
+    """``"a:b"`` -> slice(a, b)."""
+    a, b = (int(v) for v in text.split(":"))
+    return slice(a, b)
 
 
 def load_demo(source: str | None = None):

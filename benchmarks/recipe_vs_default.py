@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from _common import (count_flops, device_peak, draw_samples, forward_seconds, grid_settings, header, held_out,
-                     load_demo, load_note, precision_note, psnr, quality, recipe_samples, recipe_sigmas, ssim)
+                     load_demo, load_note, precision_note, psnr, quality, recipe_samples, recipe_sigmas, span, ssim)
 from napari_emdiffuse.restore import Settings, restore
 
 
@@ -33,14 +33,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of the default recipe (fastest kept)")
     ap.add_argument("--model", default=None, help="model name or run folder (default: the demo model)")
     ap.add_argument("--columns", default="0:256", help="held-out columns for the quality comparison")
+    ap.add_argument("--rows", default="576:768", help="held-out rows for the quality comparison")
     ap.add_argument("--time-columns", default="0:768", help="held-out columns for the timing")
     args = ap.parse_args()
-    noisy_t, _ = held_out(slice(*(int(v) for v in args.time_columns.split(":"))))
-    noisy, clean = held_out(slice(*(int(v) for v in args.columns.split(":"))))
+    noisy_t, _ = held_out(span(args.time_columns))
+    noisy, clean = held_out(span(args.columns), span(args.rows))
     model, source = load_demo(args.model)
     cpu = torch.device("cpu")
     header(f"EMDiffuse recipe vs default recipe, {source}; timed on held-out {noisy_t.shape[0]}x{noisy_t.shape[1]}, "
-           f"quality on held-out {noisy.shape[0]}x{noisy.shape[1]} (columns {args.columns})")
+           f"quality on held-out {noisy.shape[0]}x{noisy.shape[1]} (rows {args.rows}, columns {args.columns})")
 
     # The project's default, end to end (a short warm-up call first builds the oneDNN kernels).
     restore(noisy[:, :256], model, steps=1, samples=1, device="cpu")

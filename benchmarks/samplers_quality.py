@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _common import REPO, draw_samples, header, held_out, load_demo, load_note, psnr, quality, recipe_samples
+from _common import REPO, draw_samples, header, held_out, load_demo, load_note, psnr, quality, recipe_samples, span
 from napari_emdiffuse.restore import Settings
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun", "heun_churn")
@@ -47,19 +47,19 @@ def configs(steps: list[int], grids: bool, samplers=SAMPLERS) -> list[tuple[str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--columns", default="0:256", help="column range of the held-out rows, e.g. 0:256")
+    ap.add_argument("--rows", default="576:768", help="rows (within the held-out 576:768)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4, 5, 10, 20])
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     ap.add_argument("--no-grids", action="store_true", help="skip the noise-grid variants of dpmpp_2m")
     ap.add_argument("--no-recipe", action="store_true", help="skip the 1000-step DDPM row")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                    help="of the fast samplers' rows (the DDPM-1000 row is always fp32)")
+                    help="of the fast samplers' rows (the DDPM-1000 row: see _common.recipe_samples)")
     ap.add_argument("--model", default=None, help="model name or run folder (default: the demo model)")
     ap.add_argument("--out", default=str(REPO / "build" / "bench" / "samplers_quality.json"))
     args = ap.parse_args()
-    a, b = (int(v) for v in args.columns.split(":"))
-    noisy, clean = held_out(slice(a, b))
+    noisy, clean = held_out(span(args.columns), span(args.rows))
     model, source = load_demo(args.model)
-    header(f"quality vs network evaluations, {source}, held-out rows 576-767 x columns {a}-{b}")
+    header(f"quality vs network evaluations, {source}, held-out rows {args.rows} x columns {args.columns}")
     rows = []
     print(f"{'sampler / grid':28s} {'steps':>5s} {'NFE':>5s} {'PSNR':>7s} {'PSNR 1':>7s} {'SSIM':>6s} {'spread':>6s} "
           f"{'PSNR pm':>7s} {'s':>6s}")
@@ -80,7 +80,7 @@ def main() -> None:
                seconds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"source": source, "columns": [a, b], "date": time.strftime("%Y-%m-%d %H:%M"),
+        json.dump({"source": source, "rows": args.rows, "columns": args.columns, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "load": load_note(), "rows": rows}, f, indent=1)
     print(f"# after: {load_note()}; rows written to {args.out}")
 
