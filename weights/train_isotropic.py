@@ -49,9 +49,9 @@ def train(args) -> None:
     card = dict(CARD, training={
         "data": "weights/data/fibsem_flyem_train.tif (90 x 144 x 144, 10 nm), planes a, a+5 -> a+1..a+4, both directions",
         "validation": "napari_emdiffuse/sample_data/fibsem_flyem_crop.tif (64 x 128 x 128, disjoint slices)",
-        "patch": args.patch, "intensity_jitter": 0.05})
+        "patch": args.patch, "intensity_jitter": args.jitter, "noise_draw": args.noise_draw})
     _script.train(args, card,
-                  PatchPairs(d["condition"], d["target"], patch=args.patch, intensity_jitter=0.05,
+                  PatchPairs(d["condition"], d["target"], patch=args.patch, intensity_jitter=args.jitter,
                              slice_index=d["slice_index"]),
                   PatchPairs(v["condition"], v["target"], patch=args.patch, slice_index=v["slice_index"]))
 

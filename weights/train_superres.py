@@ -52,8 +52,8 @@ def train(args) -> None:
         "data": "napari_emdiffuse/sample_data/sstem_isbi2012_crop.tif (30 x 256 x 256, all of it)",
         "degradation": "2x2 mean binning, then bicubic x2 upsampling as the condition",
         "validation": "weights/data/sstem_isbi2012_val.tif (10 x 128 x 512, disjoint rows)",
-        "patch": args.patch, "intensity_jitter": 0.05})
-    _script.train(args, card, PatchPairs(cond, target, patch=args.patch, intensity_jitter=0.05),
+        "patch": args.patch, "intensity_jitter": args.jitter, "noise_draw": args.noise_draw})
+    _script.train(args, card, PatchPairs(cond, target, patch=args.patch, intensity_jitter=args.jitter),
                   PatchPairs(vcond, vtarget, patch=args.patch))
 
 
