@@ -249,3 +249,12 @@ def test_untrained_residual_network_starts_at_linear_interpolation():
     with pytest.raises(ValueError, match="residual_z_factor"):
         card["network"].pop("residual_z_factor")
         model_from_card(card)
+
+
+def test_bundled_model_loads_by_name_and_reconstructs():
+    model = load_model("isotropic-fibsem", task="isotropic")
+    assert iso.model_z_factor(model) == 5
+    vol = load_fibsem()[::5][:2, :32, :32]
+    res = iso.reconstruct(vol, model, device="cpu", steps=1)
+    assert res.mean.shape == (6, 32, 32)
+    np.testing.assert_array_equal(res.mean[::5], vol)

@@ -125,3 +125,12 @@ def test_untrained_residual_network_starts_at_bicubic():
     lr = sr.bin_mean(load_sstem()[0, :64, :96], 2)
     res = sr.superres(lr, model_from_card(card), device="cpu")
     np.testing.assert_allclose(res.mean, sr.upsample(lr, 2), atol=0.05)
+
+
+def test_bundled_model_loads_by_name_and_doubles_the_size():
+    from napari_emdiffuse.loading import load_model
+
+    model = load_model("superres-sstem", task="superres")
+    assert sr.model_scale(model) == 2 and model.card["network"]["kind"] == "residual_unet"
+    res = sr.superres(load_sstem()[0, :32, :48], model, device="cpu", steps=1)
+    assert res.mean.shape == (64, 96) and res.mean.dtype == np.uint8

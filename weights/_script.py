@@ -28,6 +28,7 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     t.add_argument("--jitter", type=float, default=0.0,
                    help="intensity jitter of the condition (0: none; a residual model must see the baseline as it is)")
     t.add_argument("--noise-draw", default="loguniform_max", help="noise levels drawn in training")
@@ -76,7 +77,7 @@ def train(args, card: dict, data, val) -> None:
 
     torch.manual_seed(args.seed)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
-                      loss="l2", noise_draw=args.noise_draw, seed=args.seed, device="cpu",
+                      loss="l2", noise_draw=args.noise_draw, seed=args.seed, device=args.device,
                       val_every=250, val_batch=16, checkpoint_every=250)
     t0 = time.time()
 
