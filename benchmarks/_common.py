@@ -284,9 +284,9 @@ def device_peak(device: torch.device, dtype: torch.dtype | None, cache: dict = {
 
 def precision_note(model) -> str:
     """The inference precision restore() uses for this model on the CPU."""
-    from napari_emdiffuse.restore import Settings
+    from napari_emdiffuse.restore import Settings, cpu_has_native_bf16
 
     precision = Settings.for_model(model, torch.device("cpu")).precision
     if precision == "auto":
-        return "precision auto (fp32 on the CPU)"
+        return f"precision auto ({'bf16' if cpu_has_native_bf16() else 'fp32'} on this CPU)"
     return f"precision {precision}"
