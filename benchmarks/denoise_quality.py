@@ -22,6 +22,7 @@ import yaml
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
+from _common import affine_match  # benchmarks/ is on the path when run as a script
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.restore import restore
 from napari_emdiffuse.sample_data import load_pair
@@ -29,12 +30,6 @@ from napari_emdiffuse.sample_data import load_pair
 VAL_ROWS = slice(576, 768)
 BLOCK = 16
 REPO = Path(__file__).resolve().parents[1]
-
-
-def affine_match(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    a = np.stack([image.ravel(), np.ones(image.size)], 1)
-    coef, *_ = np.linalg.lstsq(a, reference.ravel(), rcond=None)
-    return (a @ coef).reshape(image.shape)
 
 
 def scores(image, clean) -> dict:
