@@ -3,7 +3,6 @@ divided by the z-factor, so it overlays the input), with its per-voxel uncertain
 bar and cancel. Work runs in a worker thread; torch is imported there."""
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from psygnal import evented
 from ._checks import layer_problem, model_problem
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
-from .restore import RestoreWidget
-from ._results import KEY, layer_uid, role_of, source_array
+from ._results import KEY, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, RunState, bind
+from ._threading import start_worker, updates_from, wait_while
 from ._worker import Finished, Progress, error_message, load_model_cached
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ class GapDone:
     result: object  # restore.RestoreResult with (f-1, Y, X) planes
 
 
-def _produce(volume, settings: dict, cancel: threading.Event, out: queue.SimpleQueue) -> None:
+def _produce(volume, settings: dict, cancel: threading.Event, put) -> None:
     from ..tasks.isotropic import reconstruct_gaps
     from ..tiling import Cancelled
 
@@ -58,36 +57,23 @@ def _produce(volume, settings: dict, cancel: threading.Event, out: queue.SimpleQ
         for gap, result in reconstruct_gaps(
                 volume, model, z_factor=settings["z_factor"], samples=settings["samples"],
                 steps=settings["steps"], device=settings["device"], seed=settings["seed"],
-                progress=lambda done, total: out.put(Progress(done, total)), cancel=cancel.is_set):
+                progress=lambda done, total: put(Progress(done, total)), cancel=cancel.is_set):
             finished.append(gap)
-            out.put(GapDone(gap, result))
+            put(GapDone(gap, result))
             if cancel.is_set():
                 raise Cancelled()
-        out.put(Finished(slices=tuple(finished)))
+        put(Finished(slices=tuple(finished)))
     except Cancelled:
-        out.put(Finished(cancelled=True, slices=tuple(finished)))
+        put(Finished(cancelled=True, slices=tuple(finished)))
     except Exception as e:  # noqa: BLE001 - reported to the user, never lost in the thread
-        out.put(Finished(error=error_message(e, settings["device"]), slices=tuple(finished)))
+        put(Finished(error=error_message(e, settings["device"]), slices=tuple(finished)))
 
 
 def reconstruct_updates(volume, settings: dict, cancel: threading.Event) -> Iterator[object]:
     """Progress / GapDone updates, then one Finished, from a helper thread (so progress arrives
     while a gap is being sampled); closing the generator cancels the work."""
-    out: queue.SimpleQueue = queue.SimpleQueue()
-    helper = threading.Thread(target=_produce, args=(volume, settings, cancel, out),
-                              name="emdiffuse-isotropic", daemon=True)
-    helper.start()
-    try:
-        while True:
-            update = out.get()
-            while isinstance(update, Progress) and not out.empty():
-                update = out.get()  # anything newer supersedes a progress report
-            yield update
-            if isinstance(update, Finished):
-                return
-    finally:
-        cancel.set()
-        helper.join(timeout=30)
+    yield from updates_from(_produce, (volume, settings, cancel), cancel, progress=Progress, final=Finished,
+                            name="emdiffuse-isotropic")
 
 
 class IsotropicLayers:
@@ -181,13 +167,10 @@ class IsotropicWidget(Container):
         self._cancel = threading.Event()
         self._output: IsotropicLayers | None = None
         self._started = 0.0
-        self._probe = self._start_worker(probe, returned=self._set_environment)
+        self._probe = start_worker(probe, returned=self._set_environment)
 
     def _image_choices(self, _widget=None):
-        from napari.layers import Image, Labels
-
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, (Image, Labels)) and role_of(layer) in (None, "restored")]
+        return image_choices(self.viewer)
 
     def _set_environment(self, env: Environment) -> None:
         self.env = env
@@ -225,7 +208,8 @@ class IsotropicWidget(Container):
         self._started = time.perf_counter()
         self.run_state.update(running=True, cancelling=False, done=0, total=0,
                               status=f"loading {s.model.rsplit('/', 1)[-1]}…")
-        self._start_worker(reconstruct_updates, source_array(layer), request, self._cancel, yielded=self._on_update)
+        start_worker(reconstruct_updates, source_array(layer), request, self._cancel, cancel=self._cancel,
+                     yielded=self._on_update)
 
     def cancel(self) -> None:
         """Stop at the next network batch; finished gaps stay."""
@@ -260,6 +244,6 @@ class IsotropicWidget(Container):
                       f"{time.perf_counter() - self._started:.1f} s")
         self.run_state.update(running=False, cancelling=False, status=status)
 
-    # the same worker start and blocking wait as the Restore widget
-    _start_worker = staticmethod(RestoreWidget._start_worker)
-    wait = RestoreWidget.wait
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block until the current run is done, processing Qt events (scripts, tests)."""
+        wait_while(lambda: self.running, timeout)
