@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import ConditionNet
 
 from napari_emdiffuse.model import RestorationModel, model_from_card
 from napari_emdiffuse.sample_data import load_sstem
@@ -14,19 +14,6 @@ from napari_emdiffuse.tasks import superres as sr
 from napari_emdiffuse.tasks.metrics import psnr
 from napari_emdiffuse.training.data import PatchPairs
 from napari_emdiffuse.training.trainer import Trainer, TrainConfig
-
-
-class ConditionNet(nn.Module):
-    """x0 = the (upsampled) condition."""
-
-    dims, aleatoric, downsample_factor = 2, False, 4
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x, noise_level):
-        return x[:, :1] + 0 * self.dummy
 
 
 def condition_model(scale: int = 2) -> RestorationModel:

@@ -4,29 +4,18 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ConditionNet
+
 from napari_emdiffuse.model import RestorationModel, model_from_card
 from napari_emdiffuse.noise import positional_noise
 from napari_emdiffuse.restore import Cancelled, restore, restore_slices
 from napari_emdiffuse.tiling import TileGrid, tile_starts
 
 
-class IdentityNet(nn.Module):
-    """Predicts x0 = the condition: restoration must hand the input back unchanged."""
-
-    dims, aleatoric, downsample_factor = 2, False, 4
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x, noise_level):
-        return x[:, :1] + 0 * self.dummy
-
-
 def identity_model():
     card = {"name": "identity", "task": "denoise",
             "diffusion": {"parameterization": "x0", "clip": None, "steps": 3, "samples": 2}}
-    return RestorationModel(card=card, network=IdentityNet())
+    return RestorationModel(card=card, network=ConditionNet())
 
 
 def tiny_model(**diffusion):
