@@ -135,10 +135,11 @@ def test_event_loop_keeps_turning_during_restore(dock, qtbot, tiny_model_dir, ev
     widget.image.value = source
     widget.settings.model = str(tiny_model_dir)
     widget.settings.scope = "whole stack"
+    widget.settings.steps = 8  # long enough (well over 0.5 s) on a quiet machine to measure
     run(widget, qtbot)
     with event_loop_watch() as watch:
         run(widget, qtbot)
-    assert watch.seconds > 0.5 and watch.kept_turning(max_gap=0.5), watch
+    assert watch.seconds > 0.5 and watch.kept_turning(max_gap=0.5), str(watch)
 
 
 def test_threshold_readout_and_toggles(dock, qtbot, tiny_model_dir):
