@@ -56,7 +56,7 @@ def test_trains_in_a_worker_while_the_viewer_stays_responsive(dock, qtbot, tmp_p
     fast(widget, tmp_path)
     with event_loop_watch() as watch:
         train(widget, qtbot)
-    assert watch.seconds > 0.5 and watch.kept_turning(max_gap=0.5), watch
+    assert watch.seconds > 0.5 and watch.kept_turning(max_gap=0.5), str(watch)
     assert not errors(notifications)
     # Every step reached the plot; validation about ten times a run (here every step).
     assert widget.plot.train[0] == [1, 2, 3, 4] and all(np.isfinite(widget.plot.train[1]))
