@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_emdiffuse.streaming import weights_fingerprint
+
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_ROWS = slice(576, 768)  # never seen in training (weights/train_demo_denoise.py)
 
@@ -200,16 +202,6 @@ def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str 
     return normalizer.inverse(xs[:, 0].float().numpy()).astype(np.float64), seconds, posterior_mean
 
 
-def model_key(model) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.network.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf16") -> tuple[np.ndarray, float, bool]:
     """The EMDiffuse recipe's 2 samples of ``noisy`` (ancestral DDPM over :func:`recipe_sigmas`
     with repeats skipped), cached in build/bench/ by weights, crop, seed and precision because
@@ -219,7 +211,7 @@ def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf
     Returns (samples, seconds it took, whether it came from the cache)."""
     from napari_emdiffuse.restore import Settings
 
-    key = (f"{model_key(model)}-{noisy.shape[0]}x{noisy.shape[1]}-{int(noisy.astype(np.int64).sum())}-{seed}"
+    key = (f"{weights_fingerprint(model)}-{noisy.shape[0]}x{noisy.shape[1]}-{int(noisy.astype(np.int64).sum())}-{seed}"
            f"-{precision}")
     path = REPO / "build" / "bench" / f"recipe-{key}.npz"
     if path.exists():
