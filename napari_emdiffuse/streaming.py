@@ -249,9 +249,11 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
                 seed: int = 0, samples=None, steps=None, sampler=None, grid=None, tile=None, overlap=None,
                 batch_size=None, device: str = "auto", threshold=None, z_factor: int | None = None,
                 estimate: str | None = None, ensemble: int | None = None,
-                normalizer=None, voxel_size=None, overwrite: bool = False):
+                normalizer=None, voxel_size=None, overwrite: bool = False, replace_other_runs: bool = False):
     """Check the input, fit the volume's normaliser, and create OUTPUT and its siblings (or,
     when they hold an unfinished run with the same settings, keep them to resume).
+    ``replace_other_runs``: an emdiffuse run with other settings at OUTPUT is replaced instead of
+    refused (for scratch stores the napari widget owns); anything else there is still refused.
 
     Returns ``(job, array, model)``: the job, the input array and the loaded model.
     """
@@ -305,7 +307,7 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
     units = None
     if voxel_size is None:
         voxel_size, units = _voxel_size_of(image)
-    _prepare_outputs(job, array.ndim, manifest, voxel_size, units, overwrite)
+    _prepare_outputs(job, array.ndim, manifest, voxel_size, units, overwrite, replace_other_runs)
     return job, array, model
 
 
@@ -400,11 +402,14 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-def _prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, units, overwrite: bool) -> None:
+def _prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, units, overwrite: bool,
+                     replace_other_runs: bool = False) -> None:
     paths = job.paths()
     mean_path = paths["mean"]
+    previous = _read_manifest(mean_path) if mean_path.exists() else None
+    if replace_other_runs and previous is not None and previous != manifest:
+        overwrite = True
     if mean_path.exists() and not overwrite:
-        previous = _read_manifest(mean_path)
         if previous is None:
             raise ValueError(f"{mean_path} exists and is not an unfinished emdiffuse run — choose another "
                              "OUTPUT or delete it")
@@ -586,6 +591,14 @@ def stream_restore(image, output, model, *, cluster=None, progress: Callable[[in
                         total - len(todo), time.perf_counter() - t0, job.fields,
                         {"workers": workers, "chunk": job.grid.chunk, "halo": job.grid.halo,
                          "normalizer": job.normalizer, "model": model.name, "task": job.task})
+
+
+def streamed_fields(output) -> tuple[str, ...]:
+    """The result fields (mean, std, aleatoric, mask) a streamed OUTPUT holds."""
+    manifest = _read_manifest(Path(output))
+    if manifest is None:
+        raise ValueError(f"{output} is not an emdiffuse streamed result")
+    return tuple(manifest["fields"])
 
 
 def result_layer_data(output, field_name: str = "mean") -> tuple:

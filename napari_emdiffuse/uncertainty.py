@@ -26,5 +26,14 @@ def reliability_mask(std: np.ndarray, span: float, threshold: float) -> np.ndarr
     return (np.asarray(std, dtype=np.float32) * (2.0 / span) > threshold).astype(np.uint8)
 
 
+def lazy_reliability_mask(std, span: float, threshold: float):
+    """:func:`reliability_mask` of a lazy (dask or zarr) std volume, computed chunk by chunk when
+    read: a viewer shows a new threshold at once without reading the whole volume."""
+    import dask.array as da
+
+    lazy = std if isinstance(std, da.Array) else da.from_array(std, chunks=getattr(std, "chunks", "auto"))
+    return lazy.map_blocks(reliability_mask, span, threshold, dtype=np.uint8)
+
+
 def unreliable_fraction(mask: np.ndarray) -> float:
     return float(np.mean(mask)) if mask.size else 0.0

