@@ -32,6 +32,8 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
     t.add_argument("--jitter", type=float, default=0.0,
                    help="intensity jitter of the condition (0: none; a residual model must see the baseline as it is)")
     t.add_argument("--noise-draw", default="loguniform_max", help="noise levels drawn in training")
+    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="bf16: bf16 autocast on the CPU too (faster on CPUs with native bf16)")
     t.add_argument("--resume", action="store_true")
     e = sub.add_parser("evaluate")
     e.add_argument("--model", default=name)
@@ -78,7 +80,7 @@ def train(args, card: dict, data, val) -> None:
     torch.manual_seed(args.seed)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
                       loss="l2", noise_draw=args.noise_draw, seed=args.seed, device=args.device,
-                      val_every=250, val_batch=16, checkpoint_every=250)
+                      precision=args.precision, val_every=250, val_batch=16, checkpoint_every=250)
     t0 = time.time()
 
     def report(u: TrainUpdate) -> None:
