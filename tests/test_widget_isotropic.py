@@ -73,6 +73,39 @@ def test_cancel_keeps_finished_gaps(dock, qtbot, notifications):
     assert widget.run_state.status.startswith("cancelled")
 
 
+def test_zarr_volume_streams_into_a_lazy_isotropic_layer(dock, qtbot, notifications, tmp_path, iso_run):
+    import zarr
+
+    from napari_emdiffuse.streaming import open_result, stream_restore
+
+    viewer, widget = dock
+    volume = load_fibsem()[::5][:3, :64, :64]
+    store = zarr.open_array(tmp_path / "aniso.zarr", mode="w", shape=volume.shape, chunks=(1, 64, 64),
+                            dtype=volume.dtype)
+    store[:] = volume
+    source = viewer.add_image(store, name="aniso", scale=VOXEL)
+    widget.image.value = source
+    assert not widget.store.native.isHidden()  # a result store is offered for a lazy volume
+    widget.settings.store = str(tmp_path / "iso.zarr")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+
+    assert not errors(notifications)
+    out = viewer.layers["aniso isotropic"]
+    assert isinstance(out.data, zarr.Array) and out.data.shape == (11, 64, 64)  # read from the store
+    np.testing.assert_allclose(out.scale, (10.0, 10.0, 10.0))
+    np.testing.assert_array_equal(out.data[::5], volume)
+    assert float(np.asarray(viewer.layers["aniso isotropic uncertainty (std)"].data[1:5]).mean()) > 0
+    assert widget.run_state.status.startswith("reconstructed")
+    core = stream_restore(store, tmp_path / "core.zarr", str(iso_run), task="isotropic", device="cpu")
+    np.testing.assert_array_equal(out.data[...], open_result(core.output)[...])
+
+    widget.start()  # the same settings again: every chunk is already there
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.run_state.status.endswith("from an earlier run)")
+    assert [layer.name for layer in viewer.layers].count("aniso isotropic") == 1
+
+
 def test_2d_layer_is_refused_with_a_notification(dock, notifications):
     viewer, widget = dock
     widget.image.value = viewer.add_image(load_fibsem()[0], name="plane")

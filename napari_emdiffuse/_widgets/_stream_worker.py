@@ -16,6 +16,7 @@ from ._worker import Finished, ModelReady, Progress, RestoreRequest, error_messa
 @dataclass(frozen=True)
 class StreamRequest(RestoreRequest):
     output: str = ""  # the OME-Zarr store the result is written to
+    z_factor: int | None = None  # isotropic reconstruction: output slices per acquired spacing
     scratch: bool = False  # the widget chose ``output``: an older run there with other settings is replaced
 
 
@@ -59,7 +60,8 @@ def _produce(image, request: StreamRequest, cancel: threading.Event, put: Callab
         put(ModelReady(model.name, model.task, model.aleatoric, model.uncertainty.get("threshold")))
         stream_restore(image, request.output, model, task=request.task, samples=request.samples,
                        steps=request.steps, sampler=request.sampler, tile=request.tile, device=request.device,
-                       seed=request.seed, threshold=request.threshold, replace_other_runs=request.scratch,
+                       seed=request.seed, threshold=request.threshold, z_factor=request.z_factor,
+                       replace_other_runs=request.scratch,
                        progress=progress, on_chunk=lambda chunk: put(ChunkWritten(chunk.region)),
                        cancel=cancel.is_set)
         put(Finished())

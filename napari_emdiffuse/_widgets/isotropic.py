@@ -16,9 +16,11 @@ from psygnal import evented
 from ._checks import layer_problem, model_problem
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
+from ._result_store import bind_store, store_field, stream_status
 from ._results import KEY, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, RunState, bind
+from ._stream_worker import ChunkWritten, StoreReady, StreamRequest, is_lazy, scratch_store, stream_updates
 from ._threading import start_worker, updates_from, wait_while
 from ._worker import Finished, Progress, error_message, load_model_cached
 
@@ -39,6 +41,7 @@ class IsotropicSettings:
     steps: int = 0
     device: str = "auto"
     seed: int = 0
+    store: str = ""  # OME-Zarr store of a streamed (zarr/dask layer) result; "": a scratch folder
 
 
 @dataclass(frozen=True)
@@ -110,31 +113,68 @@ class IsotropicLayers:
         if result.std is not None:
             self.arrays["std"] = np.zeros(mean.shape, dtype=np.float32)
         self.z_factor = f
-        scale = np.asarray(self.source.scale, dtype=float).copy()
-        scale[0] /= f
-        common = {"scale": scale, "translate": np.asarray(self.source.translate, dtype=float),
-                  "units": self.source.units, "axis_labels": self.source.axis_labels}
-        uid, name = layer_uid(self.source), self.source.name
-        self._remove_previous(uid)
-        self.layers["isotropic"] = self.viewer.add_image(
-            mean, name=f"{name} isotropic", colormap="gray", contrast_limits=self.source.contrast_limits,
-            metadata={KEY: {"source": uid, "role": "isotropic", "z_factor": f}}, **common)
-        if "std" in self.arrays:
-            self.layers["std"] = self.viewer.add_image(
-                self.arrays["std"], name=f"{name} isotropic uncertainty (std)", colormap="inferno",
-                blending="additive", opacity=0.8, metadata={KEY: {"source": uid, "role": "isotropic_std"}},
-                **common)
-
-    def _remove_previous(self, uid: str) -> None:
-        for layer in list(self.viewer.layers):
-            meta = layer.metadata.get(KEY) or {}
-            if meta.get("source") == uid and meta.get("role") in ("isotropic", "isotropic_std"):
-                self.viewer.layers.remove(layer)
+        self.layers = add_isotropic_layers(self.viewer, self.source, f, mean, self.arrays.get("std"))
 
     def finish(self) -> None:
         if "std" in self.layers and self.gaps:
             top = float(np.percentile(self.arrays["std"], 99.5))
             self.layers["std"].contrast_limits = (0.0, max(top, 1e-6))
+
+
+class StreamedIsotropicLayers:
+    """The output layers of a streamed reconstruction: lazy views of the OME-Zarr store being
+    written (acquired and generated slices), refreshed as each chunk is written."""
+
+    def __init__(self, viewer, source):
+        self.viewer, self.source = viewer, source
+        self.layers: dict = {}
+        self.z_factor = 0
+        self.chunks = 0  # written by this run
+        self.output = ""
+
+    def open(self, output: str) -> None:
+        from ..streaming import result_layer_data, streamed_fields
+
+        self.output = str(output)
+        fields = streamed_fields(output)
+        mean, meta = result_layer_data(output, "mean")[:2]
+        std = result_layer_data(output, "std")[0] if "std" in fields else None
+        n = source_array(self.source).shape[0]
+        self.z_factor = (mean.shape[0] - 1) // (n - 1)
+        self.layers = add_isotropic_layers(self.viewer, self.source, self.z_factor, mean, std)
+        if "std" in self.layers:  # still empty: limits from the run's intensity span
+            lo, hi = meta["contrast_limits"]
+            self.layers["std"].contrast_limits = (0.0, (hi - lo) / 8)
+
+    def chunk_written(self) -> None:
+        self.chunks += 1
+        self.finish()
+
+    def finish(self) -> None:
+        for layer in self.layers.values():
+            layer.refresh()
+
+
+def add_isotropic_layers(viewer, source, z_factor: int, mean, std=None) -> dict:
+    """The isotropic volume and its std overlay on the source's grid with z scale / z_factor,
+    replacing the source's earlier ones."""
+    uid, name = layer_uid(source), source.name
+    for layer in list(viewer.layers):
+        meta = layer.metadata.get(KEY) or {}
+        if meta.get("source") == uid and meta.get("role") in ("isotropic", "isotropic_std"):
+            viewer.layers.remove(layer)
+    scale = np.asarray(source.scale, dtype=float).copy()
+    scale[0] /= z_factor
+    common = {"scale": scale, "translate": np.asarray(source.translate, dtype=float),
+              "units": source.units, "axis_labels": source.axis_labels}
+    layers = {"isotropic": viewer.add_image(
+        mean, name=f"{name} isotropic", colormap="gray", contrast_limits=source.contrast_limits,
+        metadata={KEY: {"source": uid, "role": "isotropic", "z_factor": z_factor}}, **common)}
+    if std is not None:
+        layers["std"] = viewer.add_image(
+            std, name=f"{name} isotropic uncertainty (std)", colormap="inferno", blending="additive",
+            opacity=0.8, metadata={KEY: {"source": uid, "role": "isotropic_std"}}, **common)
+    return layers
 
 
 def _spin(label: str, maximum: int, tooltip: str) -> SpinBox:
@@ -156,16 +196,20 @@ class IsotropicWidget(Container):
         self.samples = _spin("samples", 64, "diffusion samples per voxel; 2 or more give the uncertainty")
         self.steps = _spin("steps", 1000, "sampler steps per sample")
         self.device = ComboBox(label="device", choices=list(self.env.devices))
+        self.store = store_field("volumes")
         self.run = RunPanel(self.run_state)
         self.run.run_button.text = "Reconstruct"
-        super().__init__(widgets=[self.image, self.model, self.z_factor, self.samples, self.steps,
+        super().__init__(widgets=[self.image, self.store, self.model, self.z_factor, self.samples, self.steps,
                                   self.device, self.run])
         for name in ("z_factor", "samples", "steps", "device"):
             bind(getattr(self, name), self.settings, name)
+        bind_store(self.store, self.settings)
+        self.image.changed.connect(self._follow_source)
+        self._follow_source(self.image.value)
         self.run.run_button.changed.connect(self.start)
         self.run.cancel_button.changed.connect(self.cancel)
         self._cancel = threading.Event()
-        self._output: IsotropicLayers | None = None
+        self._output: IsotropicLayers | StreamedIsotropicLayers | None = None
         self._started = 0.0
         self._probe = start_worker(probe, returned=self._set_environment)
 
@@ -182,6 +226,10 @@ class IsotropicWidget(Container):
     @property
     def running(self) -> bool:
         return self.run_state.running
+
+    def _follow_source(self, layer) -> None:
+        """Offer a result store for a lazy (zarr / dask) volume."""
+        self.store.visible = layer is not None and is_lazy(source_array(layer))
 
     def _problem(self, layer) -> str | None:
         problem = layer_problem(layer)
@@ -203,13 +251,17 @@ class IsotropicWidget(Container):
         s = self.settings
         request = {"model": s.model, "z_factor": s.z_factor or None, "samples": s.samples or None,
                    "steps": s.steps or None, "device": s.device, "seed": s.seed}
-        self._output = IsotropicLayers(self.viewer, layer)
+        if is_lazy(source_array(layer)):
+            output = s.store or str(scratch_store(layer.name, TASK))
+            request = StreamRequest(**request, task=TASK, output=output, scratch=not s.store)
+            self._output, job = StreamedIsotropicLayers(self.viewer, layer), stream_updates
+        else:
+            self._output, job = IsotropicLayers(self.viewer, layer), reconstruct_updates
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self.run_state.update(running=True, cancelling=False, done=0, total=0,
                               status=f"loading {s.model.rsplit('/', 1)[-1]}…")
-        start_worker(reconstruct_updates, source_array(layer), request, self._cancel, cancel=self._cancel,
-                     yielded=self._on_update)
+        start_worker(job, source_array(layer), request, self._cancel, cancel=self._cancel, yielded=self._on_update)
 
     def cancel(self) -> None:
         """Stop at the next network batch; finished gaps stay."""
@@ -218,7 +270,15 @@ class IsotropicWidget(Container):
             self.run_state.update(cancelling=True, status="cancelling…")
 
     def _on_update(self, update) -> None:
-        if isinstance(update, Progress):
+        streamed = isinstance(self._output, StreamedIsotropicLayers)
+        if isinstance(update, Progress) and streamed:
+            status = "cancelling…" if self.run_state.cancelling else f"chunk {update.done}/{update.total} written"
+            self.run_state.update(done=update.done, total=update.total, status=status)
+        elif isinstance(update, StoreReady):
+            self._output.open(update.output)
+        elif isinstance(update, ChunkWritten):
+            self._output.chunk_written()
+        elif isinstance(update, Progress):
             if not self.run_state.cancelling:
                 gaps = len(self._output.gaps) if self._output else 0
                 self.run_state.update(done=update.done, total=update.total,
@@ -232,6 +292,8 @@ class IsotropicWidget(Container):
 
     def _finish(self, update: Finished) -> None:
         self._output.finish()
+        if isinstance(self._output, StreamedIsotropicLayers):
+            return self._finish_stream(update)
         kept = len(update.slices)
         if update.error:
             status = "failed"
@@ -242,6 +304,11 @@ class IsotropicWidget(Container):
         else:
             status = (f"generated {kept} gap(s) x {self._output.z_factor - 1} slices in "
                       f"{time.perf_counter() - self._started:.1f} s")
+        self.run_state.update(running=False, cancelling=False, status=status)
+
+    def _finish_stream(self, update: Finished) -> None:
+        status = stream_status(update, "reconstructed", self._output.output, self._output.chunks,
+                               self.run_state.total, self._started)
         self.run_state.update(running=False, cancelling=False, status=status)
 
     def wait(self, timeout: float = 60.0) -> None:

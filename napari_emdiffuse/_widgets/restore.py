@@ -7,12 +7,13 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, Label, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._checks import layer_problem, model_problem
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
+from ._result_store import bind_store, store_field, stream_status
 from ._results import ResultLayers, find_results, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, SCOPES, TASKS, RestoreSettings, RunState, UncertaintyView, bind
@@ -48,10 +49,7 @@ class RestoreWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_choices,
                               tooltip="2D image or Z stack; dask- and zarr-backed layers are read slice by slice")
         self.scope = RadioButtons(label="restore", choices=SCOPES, orientation="horizontal")
-        self.store = FileEdit(label="result store", mode="w", filter="*.zarr",
-                              tooltip="zarr/dask layers are restored chunk by chunk into this OME-Zarr store "
-                                      "(empty: a folder in the temporary directory); a re-run with the same "
-                                      "settings resumes where the last one stopped")
+        self.store = store_field("layers")
         self.task = ComboBox(label="task", choices=list(TASKS.items()))
         self.model = ModelPicker(self.settings)
         self.samples = _default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
@@ -70,8 +68,7 @@ class RestoreWidget(Container):
         ])
         for name in ("scope", "task", "samples", "steps", "sampler", "tile", "device"):
             bind(getattr(self, name), self.settings, name)
-        self.store.changed.connect(lambda path: setattr(self.settings, "store", _store_text(path)))
-        self.settings.events.store.connect(lambda text: setattr(self.store, "value", text))
+        bind_store(self.store, self.settings)
         self.settings.events.task.connect(self._offer_presets)
         self.image.changed.connect(self._follow_source)
         self.run.run_button.changed.connect(self.start)
@@ -234,18 +231,8 @@ class RestoreWidget(Container):
         self.run_state.update(running=False, cancelling=False, status=status)
 
     def _complete_stream(self, update: Finished) -> None:
-        where, written = self._results.meta.get("output", "the result store"), self._results.chunks
-        if update.error:
-            status = f"failed after {written} chunk(s)"
-            show_error(update.error)
-        elif update.cancelled:
-            status = f"cancelled: {written} chunk(s) kept in {where}; run again to resume"
-            show_info(status)
-        else:
-            done = self.run_state.total
-            status = f"restored {done} chunk(s) into {where} in {time.perf_counter() - self._started:.1f} s"
-            if written < done:
-                status += f" ({done - written} from an earlier run)"
+        status = stream_status(update, "restored", self._results.meta.get("output", "the result store"),
+                               self._results.chunks, self.run_state.total, self._started)
         self.run_state.update(running=False, cancelling=False, status=status)
 
     def _closed(self) -> bool:
@@ -257,8 +244,3 @@ class RestoreWidget(Container):
 
     _start_worker = staticmethod(start_worker)
 
-
-def _store_text(path) -> str:
-    """The FileEdit's value as the settings' store: "" when no store was chosen."""
-    text = str(path or "")
-    return "" if text in ("", ".") else text
