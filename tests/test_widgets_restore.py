@@ -109,6 +109,27 @@ def test_zarr_backed_2d_image(dock, qtbot, tiny_model_dir, tmp_path):
     assert restored.data.shape == (128, 128) and tuple(restored.scale) == (2.0, 2.0)
 
 
+def test_estimate_and_ensemble_choices_reach_the_core(dock, qtbot, tiny_model_dir, notifications):
+    from napari_emdiffuse import load_model
+    from napari_emdiffuse.restore import restore
+
+    viewer, widget = dock
+    image = load_pair()[0][:96, :96]
+    source = viewer.add_image(image, name="sem")
+    widget.image.value = source
+    widget.settings.model = str(tiny_model_dir)
+    widget.estimate.value = "posterior_mean"
+    widget.ensemble.value = 2
+    run(widget, qtbot)
+    assert not errors(notifications)
+    expected = restore(image, load_model(str(tiny_model_dir)), device="cpu", seed=0, estimate="posterior_mean",
+                       ensemble=2)
+    np.testing.assert_array_equal(results_of(viewer, source)["restored"].data, expected.mean)
+    widget.estimate.value = "sample_mean"
+    run(widget, qtbot)
+    assert not np.array_equal(results_of(viewer, source)["restored"].data, expected.mean)
+
+
 def zarr_layer(viewer, tmp_path, depth=3):
     volume = load_fibsem()[:depth, :96, :96]
     store = zarr.open_array(tmp_path / "fib.zarr", mode="w", shape=volume.shape, chunks=(1, 96, 96),

@@ -20,6 +20,8 @@ class RestoreSettings:
     samples: int = 0
     steps: int = 0
     sampler: str = MODEL_DEFAULT
+    estimate: str = MODEL_DEFAULT  # sample_mean or posterior_mean (the restored image)
+    ensemble: int = 0  # posterior_mean: rotations/flips averaged (1-8)
     tile: int = 0
     device: str = "auto"
     scope: str = "whole stack"

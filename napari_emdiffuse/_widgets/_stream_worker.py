@@ -59,7 +59,8 @@ def _produce(image, request: StreamRequest, cancel: threading.Event, put: Callab
         model = load_model_cached(request.model, request.task)
         put(ModelReady(model.name, model.task, model.aleatoric, model.uncertainty.get("threshold")))
         stream_restore(image, request.output, model, task=request.task, samples=request.samples,
-                       steps=request.steps, sampler=request.sampler, tile=request.tile, device=request.device,
+                       steps=request.steps, sampler=request.sampler, estimate=request.estimate,
+                       ensemble=request.ensemble, tile=request.tile, device=request.device,
                        seed=request.seed, threshold=request.threshold, z_factor=request.z_factor,
                        replace_other_runs=request.scratch,
                        progress=progress, on_chunk=lambda chunk: put(ChunkWritten(chunk.region)),

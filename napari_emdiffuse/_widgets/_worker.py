@@ -28,6 +28,8 @@ class RestoreRequest:
     samples: int | None = None
     steps: int | None = None
     sampler: str | None = None
+    estimate: str | None = None
+    ensemble: int | None = None
     tile: int | None = None
     device: str = "auto"
     seed: int = 0
@@ -106,8 +108,8 @@ def _produce(image, request: RestoreRequest, cancel: threading.Event, put: Calla
         put(ModelReady(model.name, model.task, model.aleatoric, threshold))
         for z, result in restore_slices(
             image, model, task=request.task, samples=request.samples, steps=request.steps,
-            sampler=request.sampler, tile=request.tile, device=request.device, seed=request.seed,
-            threshold=request.threshold, slices=request.slices,
+            sampler=request.sampler, estimate=request.estimate, ensemble=request.ensemble, tile=request.tile,
+            device=request.device, seed=request.seed, threshold=request.threshold, slices=request.slices,
             progress=lambda done, total: put(Progress(done, total)), cancel=cancel.is_set,
         ):
             finished.append(z)

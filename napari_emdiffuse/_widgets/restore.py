@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     import napari
 
 
+ESTIMATE_HELP = {"posterior_mean": "the network's estimate of the mean (sharpest PSNR, no sampling noise)",
+                 "sample_mean": "the mean of the diffusion samples (EMDiffuse's)"}
+
+
 def _default_spin(label: str, maximum: int, tooltip: str, step: int = 1) -> SpinBox:
     """A spin box where 0 stands for the model card's value."""
     return SpinBox(label=label, min=0, max=maximum, step=step, tooltip=f"{tooltip} (0: the model's default)")
@@ -55,6 +59,9 @@ class RestoreWidget(Container):
         self.samples = _default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
         self.steps = _default_spin("steps", 1000, "sampler steps per sample")
         self.sampler = ComboBox(label="sampler", choices=list(self.env.samplers))
+        self.estimate = ComboBox(label="estimate", choices=[MODEL_DEFAULT, *ESTIMATE_HELP],
+                                 tooltip="; ".join(f"{k}: {v}" for k, v in ESTIMATE_HELP.items()))
+        self.ensemble = _default_spin("ensemble", 8, "posterior_mean: rotations/flips of the input averaged")
         self.tile = _default_spin("tile size", 4096, "tile edge in pixels; smaller tiles use less memory", step=32)
         self.device = ComboBox(label="device", choices=list(self.env.devices))
         self.run = RunPanel(self.run_state)
@@ -62,11 +69,12 @@ class RestoreWidget(Container):
         super().__init__(widgets=[
             _heading("Input"), self.image, self.scope, self.store,
             _heading("Model"), self.task, self.model,
-            _heading("Sampling (0: the model's default)"), self.samples, self.steps, self.sampler, self.tile, self.device,
+            _heading("Sampling (0: the model's default)"), self.samples, self.steps, self.sampler,
+            self.estimate, self.ensemble, self.tile, self.device,
             self.run,
             _heading("Uncertainty"), self.uncertainty,
         ])
-        for name in ("scope", "task", "samples", "steps", "sampler", "tile", "device"):
+        for name in ("scope", "task", "samples", "steps", "sampler", "estimate", "ensemble", "tile", "device"):
             bind(getattr(self, name), self.settings, name)
         bind_store(self.store, self.settings)
         self.settings.events.task.connect(self._offer_presets)
@@ -123,6 +131,7 @@ class RestoreWidget(Container):
         s = self.settings
         options = dict(model=s.model, task=s.task, samples=s.samples or None, steps=s.steps or None,
                        sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
+                       estimate=None if s.estimate == MODEL_DEFAULT else s.estimate, ensemble=s.ensemble or None,
                        device=s.device, seed=s.seed, threshold=self.view.threshold)
         show = {"std": self.view.show_std, "aleatoric": self.view.show_aleatoric, "mask": self.view.show_mask}
         alive = lambda: not self._closed()  # noqa: E731
