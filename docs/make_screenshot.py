@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari.settings import get_settings
 
     get_settings().application.gui_notification_level = "error"  # no toasts over the picture
+    from napari_emdiffuse._widgets._threading import wait_while
     from napari_emdiffuse.sample_data import load_pair
 
     register_plugin()
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     source = viewer.add_image(noisy, name="SEM 4 us (held out)")
     _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Restore")
     widget.image.value = source
+    wait_while(lambda: not widget.env.ready, 60)  # the preset list first, so the picker shows the preset
     widget.settings.model, widget.settings.samples, widget.settings.steps = args.model, args.samples, args.steps
 
     widget.start()

@@ -38,7 +38,8 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
     e = sub.add_parser("evaluate")
     e.add_argument("--model", default=name)
     e.add_argument("--also", nargs="*", default=["4x2:posterior_mean", "1x1"],
-                   help="extra settings to score: STEPSxSAMPLES[:ESTIMATE] (sample_mean or posterior_mean)")
+                   help="extra settings to score: STEPSxSAMPLES[:ESTIMATE[:ENSEMBLE]] (sample_mean or "
+                        "posterior_mean; ENSEMBLE: rotations/flips averaged)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--update-card", action="store_true")
     args = ap.parse_args()
@@ -98,21 +99,26 @@ def train(args, card: dict, data, val) -> None:
     print(f"done in {time.time() - t0:.0f}s at step {trainer.step}")
 
 
-def parse_setting(text: str) -> tuple[int, int, str | None]:
-    """``4x2`` (steps x samples) or ``4x2:posterior_mean``."""
-    counts, _, estimate = text.partition(":")
+def parse_setting(text: str) -> dict:
+    """``4x2`` (steps x samples), ``4x2:posterior_mean``, or ``4x2:posterior_mean:8`` (with a
+    rotation/flip ensemble of 8)."""
+    counts, _, rest = text.partition(":")
+    estimate, _, ensemble = rest.partition(":")
     steps, samples = map(int, counts.split("x"))
-    return steps, samples, estimate or None
+    setting = {"steps": steps, "samples": samples, "estimate": estimate or None}
+    return {**setting, "ensemble": int(ensemble)} if ensemble else setting
 
 
 def evaluate(args, report: dict, baseline: str, run_model: Callable, score: Callable) -> dict:
     """Score the model at the card's settings and at each ``--also`` setting against the
-    ``baseline`` entry already in ``report``; ``run_model(steps=, samples=, estimate=)`` returns a
+    ``baseline`` entry already in ``report``; ``run_model(steps=, samples=, estimate=[, ensemble=])`` returns a
     RestoreResult, ``score(result)`` its scores. With --update-card the report goes into the card."""
-    for steps, samples, estimate in [(None, None, None)] + [parse_setting(s) for s in args.also]:
+    for setting in [{}] + [parse_setting(s) for s in args.also]:
         t0 = time.perf_counter()
-        res = run_model(steps=steps, samples=samples, estimate=estimate)
+        res = run_model(**setting)
         key = f"model_{res.info['steps']}steps_{res.info['samples']}samples_{res.info['estimate']}"
+        if (res.info.get("ensemble") or 1) > 1:
+            key += f"_ensemble{res.info['ensemble']}"
         report[key] = {**score(res), "seconds": round(time.perf_counter() - t0, 1), "sampler": res.info["sampler"]}
         report[key][f"margin_over_{baseline}_db"] = round(report[key]["psnr"] - report[baseline]["psnr"], 2)
         print(key, json.dumps(report[key]), flush=True)
