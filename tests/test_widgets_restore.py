@@ -130,6 +130,16 @@ def test_estimate_and_ensemble_choices_reach_the_core(dock, qtbot, tiny_model_di
     assert not np.array_equal(results_of(viewer, source)["restored"].data, expected.mean)
 
 
+def test_adding_a_layer_keeps_the_chosen_preset_and_device(dock):
+    """napari re-reads every dock widget's choices when the layer list changes."""
+    viewer, widget = dock
+    widget.settings.model = "demo-denoise"
+    widget.settings.device = "cpu"
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="another")
+    assert widget.settings.model == "demo-denoise" and widget.model.choice.value == "demo-denoise"
+    assert widget.model.path.native.isHidden() and widget.device.value == "cpu"
+
+
 def zarr_layer(viewer, tmp_path, depth=3):
     volume = load_fibsem()[:depth, :96, :96]
     store = zarr.open_array(tmp_path / "fib.zarr", mode="w", shape=volume.shape, chunks=(1, 96, 96),

@@ -16,14 +16,15 @@ class ModelPicker(Container):
     """Writes the choice to ``settings.model`` (a preset name or a path) and shows it back."""
 
     def __init__(self, settings: RestoreSettings):
-        self.choice = ComboBox(label="model", choices=[FILE, FOLDER],
+        self.presets: list[str] = []
+        # choices from a callable: napari re-reads every dock widget's choices when layers change
+        self.choice = ComboBox(label="model", choices=self._choices,
                                tooltip="a bundled preset, a checkpoint (.pth from EMDiffuse, .pt or a "
                                        "model card .yaml) or the folder of a training run")
         self.path = FileEdit(label="path", mode="r", filter=CHECKPOINT_FILTER, visible=False)
         super().__init__(widgets=[self.choice, self.path], labels=True)
         self.margins = (0, 0, 0, 0)
         self.settings = settings
-        self.presets: list[str] = []
         self._updating = False
         self.choice.changed.connect(self._choice_changed)
         self.path.changed.connect(self._path_changed)
@@ -35,10 +36,13 @@ class ModelPicker(Container):
         current = self.settings.model
         self.presets = list(names)
         with self._quiet():
-            self.choice.choices = [*self.presets, FILE, FOLDER]
+            self.choice.reset_choices()
         if current in self.presets or not current:
             self.settings.model = current or (self.presets[0] if self.presets else "")
         self._show(self.settings.model)
+
+    def _choices(self, _widget=None) -> list[str]:
+        return [*self.presets, FILE, FOLDER]
 
     def _choice_changed(self, choice: str) -> None:
         if self._updating:

@@ -195,7 +195,7 @@ class IsotropicWidget(Container):
         self.z_factor = _spin("z-factor", 64, "output slices per acquired slice spacing (the model's by default)")
         self.samples = _spin("samples", 64, "diffusion samples per voxel; 2 or more give the uncertainty")
         self.steps = _spin("steps", 1000, "sampler steps per sample")
-        self.device = ComboBox(label="device", choices=list(self.env.devices))
+        self.device = ComboBox(label="device", choices=lambda _w: list(self.env.devices))
         self.store = store_field("volumes")
         self.run = RunPanel(self.run_state)
         self.run.run_button.text = "Reconstruct"
@@ -218,7 +218,7 @@ class IsotropicWidget(Container):
 
     def _set_environment(self, env: Environment) -> None:
         self.env = env
-        self.device.choices = list(env.devices)
+        self.device.reset_choices()
         self.model.set_presets(env.preset_names(TASK))
         for problem in env.problems:
             show_warning(problem)

@@ -58,12 +58,12 @@ class RestoreWidget(Container):
         self.model = ModelPicker(self.settings)
         self.samples = _default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
         self.steps = _default_spin("steps", 1000, "sampler steps per sample")
-        self.sampler = ComboBox(label="sampler", choices=list(self.env.samplers))
+        self.sampler = ComboBox(label="sampler", choices=lambda _w: list(self.env.samplers))
         self.estimate = ComboBox(label="estimate", choices=[MODEL_DEFAULT, *ESTIMATE_HELP],
                                  tooltip="; ".join(f"{k}: {v}" for k, v in ESTIMATE_HELP.items()))
         self.ensemble = _default_spin("ensemble", 8, "posterior_mean: rotations/flips of the input averaged")
         self.tile = _default_spin("tile size", 4096, "tile edge in pixels; smaller tiles use less memory", step=32)
-        self.device = ComboBox(label="device", choices=list(self.env.devices))
+        self.device = ComboBox(label="device", choices=lambda _w: list(self.env.devices))
         self.run = RunPanel(self.run_state)
         self.uncertainty = UncertaintyPanel(viewer, self.view)
         super().__init__(widgets=[
@@ -97,8 +97,8 @@ class RestoreWidget(Container):
 
     def _set_environment(self, env: Environment) -> None:
         self.env = env
-        self.device.choices = list(env.devices)
-        self.sampler.choices = list(env.samplers)
+        self.device.reset_choices()
+        self.sampler.reset_choices()
         self._offer_presets()
         for problem in env.problems:
             show_warning(problem)

@@ -97,7 +97,7 @@ class TrainingWidget(Container):
         self.steps = SpinBox(label="steps", min=1, max=10_000_000)
         self.lr = FloatSpinBox(label="learning rate", min=1e-7, max=1e-1, step=1e-5)
         self.lr.native.setDecimals(7)
-        self.device = ComboBox(label="device", choices=list(self.env.devices))
+        self.device = ComboBox(label="device", choices=lambda _w: list(self.env.devices))
         self.run_dir = FileEdit(label="run folder", mode="d",
                                 tooltip="where the model card, weights and training state go (empty: a new "
                                         "folder in ~/emdiffuse-runs); use it as the model in Restore")
@@ -169,7 +169,7 @@ class TrainingWidget(Container):
 
     def _set_environment(self, env: Environment) -> None:
         self.env = env
-        self.device.choices = list(env.devices)
+        self.device.reset_choices()
         self._offer_presets()
         for problem in env.problems:
             show_warning(problem)
