@@ -10,26 +10,38 @@ from ._results import KEY, ROLES, find_results, layer_uid, place_result_layer, p
 ROLE_OF_FIELD = {"mean": "restored", "std": "std", "aleatoric": "aleatoric", "mask": "mask"}
 
 
-class StreamedLayers:
+class StoreLayers:
+    """Layers that read a store while a run writes it: each written chunk re-reads them."""
+
+    def __init__(self):
+        self.layers: dict = {}
+        self.chunks = 0  # written by this run
+
+    def chunk_written(self) -> None:
+        self.chunks += 1
+        self.finish()
+
+    def finish(self) -> None:
+        for layer in self.layers.values():
+            layer.refresh()
+
+
+class StreamedLayers(StoreLayers):
     """The same roles and styles as :class:`._results.ResultLayers`, with the data left on disk.
     The mask is computed from the std as it is read, so the threshold slider applies at once."""
 
     def __init__(self, viewer, source, threshold: Callable[[], float], show: dict[str, bool] | None = None,
                  alive: Callable[[], bool] = lambda: True):
+        super().__init__()
         self.viewer, self.source, self.threshold, self.alive = viewer, source, threshold, alive
         self.show = show or {}
-        self.layers: dict = {}
         self.meta: dict = {}
-        self.chunks = 0  # written by this run
 
     @property
     def placed(self) -> bool:
         return bool(self.layers)
 
     settled = True  # layers are placed at once, when the store opens
-
-    def finish(self) -> None:
-        self._refresh()
 
     def open(self, output: str, model_meta: dict) -> None:
         """Show the store at ``output`` in the source's result layers (re-using an earlier run's)."""
@@ -58,12 +70,3 @@ class StreamedLayers:
             elif "contrast_limits" in store_meta:  # the data are still empty: limits from the run
                 layer.contrast_limits = store_meta["contrast_limits"]
             self.layers[role] = layer
-
-    def chunk_written(self) -> None:
-        """Re-read what is on screen, so the new chunk appears."""
-        self.chunks += 1
-        self._refresh()
-
-    def _refresh(self) -> None:
-        for layer in self.layers.values():
-            layer.refresh()

@@ -21,6 +21,7 @@ from ._results import KEY, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, RunState, bind
 from ._stream_worker import ChunkWritten, StoreReady, StreamRequest, is_lazy, scratch_store, stream_updates
+from ._streamed import StoreLayers
 from ._threading import start_worker, updates_from, wait_while
 from ._worker import Finished, Progress, error_message, load_model_cached
 
@@ -121,15 +122,14 @@ class IsotropicLayers:
             self.layers["std"].contrast_limits = (0.0, max(top, 1e-6))
 
 
-class StreamedIsotropicLayers:
+class StreamedIsotropicLayers(StoreLayers):
     """The output layers of a streamed reconstruction: lazy views of the OME-Zarr store being
     written (acquired and generated slices), refreshed as each chunk is written."""
 
     def __init__(self, viewer, source):
+        super().__init__()
         self.viewer, self.source = viewer, source
-        self.layers: dict = {}
         self.z_factor = 0
-        self.chunks = 0  # written by this run
         self.output = ""
 
     def open(self, output: str) -> None:
@@ -145,14 +145,6 @@ class StreamedIsotropicLayers:
         if "std" in self.layers:  # still empty: limits from the run's intensity span
             lo, hi = meta["contrast_limits"]
             self.layers["std"].contrast_limits = (0.0, (hi - lo) / 8)
-
-    def chunk_written(self) -> None:
-        self.chunks += 1
-        self.finish()
-
-    def finish(self) -> None:
-        for layer in self.layers.values():
-            layer.refresh()
 
 
 def add_isotropic_layers(viewer, source, z_factor: int, mean, std=None) -> dict:
