@@ -41,11 +41,12 @@ def state_history(run):
 def test_train_denoise_then_use_the_run_folder_as_model(sem_files, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "train", "denoise", "--input", sem_files["noisy"], "--target", sem_files["clean"],
-                             "-o", run, *FAST, "--seed", "3", "--device", "cpu")
+                             "-o", run, *FAST, "--seed", "3", "--device", "cpu", "--precision", "bf16")
     assert code == 0, err
     assert "steps 0-2 of 2" in out and f"--model {run}" in out and "validation loss" in out
     model = load_model(run, task="denoise")
     assert model.card["training"]["step"] == 2 and model.card["training"]["config"]["seed"] == 3
+    assert model.card["training"]["config"]["precision"] == "bf16"
     assert model.card["training"]["data"]["pairs"][0]["noisy"] == str(sem_files["noisy"])
 
     restored = tmp_path / "restored.tif"
