@@ -24,8 +24,6 @@ import itertools
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,16 +31,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-DONE = "emdiffuse_done"
-MANIFEST = "emdiffuse_stream"
-FIELDS = ("mean", "std", "aleatoric", "mask")
-TAGS = {"std": "std", "aleatoric": "aleatoric", "mask": "mask"}  # OUTPUT_<tag>.zarr, as the CLI
+from .stream_store import (DONE, field_dtype, prepare_outputs, input_voxel_size, finished_chunks, ome_metadata,
+                           open_result, output_paths, read_ome_scale, result_layer_data, streamed_fields)
+
 DEFAULT_CHUNK = (1, 2048, 2048)
 NORMALIZER_PIXELS = 4_000_000  # pixels read to fit the volume's normaliser, at most
 
 __all__ = ["ChunkGrid", "StreamJob", "ChunkDone", "StreamReport", "plan_stream", "restore_chunk",
            "stream_restore", "finished_chunks", "open_result", "result_layer_data", "output_paths",
-           "default_halo", "read_ome_scale"]
+           "default_halo", "read_ome_scale", "streamed_fields", "ome_metadata"]
 
 
 # ---- the lattice ------------------------------------------------------------------------------
@@ -160,14 +157,6 @@ class StreamReport:
     seconds: float
     fields: tuple[str, ...]
     info: dict = field(default_factory=dict)
-
-
-def output_paths(output, fields=FIELDS) -> dict[str, Path]:
-    """OUTPUT and its siblings OUTPUT_std / _aleatoric / _mask, by result field."""
-    from .io import sibling_path
-
-    output = Path(output)
-    return {f: output if f == "mean" else sibling_path(output, TAGS[f]) for f in fields}
 
 
 def _zarr_location(array) -> tuple[str, str | None] | None:
@@ -306,8 +295,8 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
     manifest = json.loads(json.dumps(manifest))  # what the store will hand back: lists, floats
     units = None
     if voxel_size is None:
-        voxel_size, units = _voxel_size_of(image)
-    _prepare_outputs(job, array.ndim, manifest, voxel_size, units, overwrite, replace_other_runs)
+        voxel_size, units = input_voxel_size(image)
+    prepare_outputs(job, array.ndim, manifest, voxel_size, units, overwrite, replace_other_runs)
     return job, array, model
 
 
@@ -322,137 +311,6 @@ def _check_chunk(chunk, shape3) -> tuple[int, int, int]:
     if min(chunk) < 1 or min(chunk[1:]) < 16:
         raise ValueError(f"chunk {chunk} is too small: use at least 16 pixels in Y and X (e.g. --chunk 2048)")
     return tuple(min(c, s) for c, s in zip(chunk, shape3))
-
-
-# ---- OME-Zarr output --------------------------------------------------------------------------
-def _voxel_size_of(image):
-    """The input's voxel size (z, y, x order) and the axes' units (or None) from OME-Zarr
-    metadata, a ``voxel_size`` attribute or TIFF tags (micrometres); None when unknown or the
-    input is an array without a path."""
-    if not isinstance(image, (str, os.PathLike)):
-        return None, None
-    from .io import image_format, read_voxel_size
-
-    if image_format(image) == "zarr":
-        scale, units = read_ome_scale(image, with_units=True)
-        return (scale, units) if scale is not None else (read_voxel_size(image), None)
-    size = read_voxel_size(image)
-    return size, None if size is None else ["micrometer"] * len(size)  # ImageJ's unit, as io writes it
-
-
-def read_ome_scale(path, with_units: bool = False):
-    """The first dataset's scale from OME-Zarr (NGFF 0.4 or 0.5) multiscales metadata, or None;
-    with ``with_units``, also the axes' units (None where the metadata has none)."""
-    import zarr
-
-    attrs = dict(zarr.open(str(path), mode="r").attrs)
-    multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
-    scale, units = None, None
-    try:
-        for transform in multiscales[0]["datasets"][0]["coordinateTransformations"]:
-            if transform.get("type") == "scale":
-                scale = tuple(float(v) for v in transform["scale"])
-        units = [axis.get("unit") for axis in multiscales[0]["axes"]]
-    except (TypeError, KeyError, IndexError, AttributeError):
-        pass
-    return (scale, units) if with_units else scale
-
-
-def ome_metadata(ndim: int, voxel_size, name: str, units=None) -> dict:
-    """NGFF 0.5 ``ome`` attributes for a single-level image (spatial axes, voxel size as scale)."""
-    units = list(units)[-ndim:] if units is not None and len(units) >= ndim else [None] * ndim
-    axes = [{"name": a, "type": "space", **({"unit": u} if u else {})} for a, u in zip("zyx"[-ndim:], units)]
-    scale = [1.0] * ndim if voxel_size is None else [float(v) for v in tuple(voxel_size)[-ndim:]]
-    return {"version": "0.5", "multiscales": [{
-        "name": name, "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]}
-
-
-def _output_voxel_size(voxel_size, grid: ChunkGrid, ndim: int):
-    if voxel_size is None:
-        return None
-    voxel_size = [float(v) for v in tuple(voxel_size)[-ndim:]]
-    if len(voxel_size) != ndim:
-        return None
-    factors = [grid.z_factor, grid.scale, grid.scale][-ndim:]
-    return [v / f for v, f in zip(voxel_size, factors)]
-
-
-def _dtype_of(field_name: str, dtype: str):
-    return {"mean": np.dtype(dtype), "std": np.float32, "aleatoric": np.float32, "mask": np.uint8}[field_name]
-
-
-def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, voxel_size, units, name: str):
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    shape, chunks = grid.out_shape[-ndim:], grid.out_chunks[-ndim:]
-    group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    group.attrs.update({"ome": ome_metadata(ndim, voxel_size, name, units),
-                        **({"voxel_size": list(voxel_size)} if voxel_size is not None else {})})
-    return group
-
-
-def _read_manifest(path: Path) -> dict | None:
-    import zarr
-
-    try:
-        return dict(zarr.open_group(str(path), mode="r").attrs).get(MANIFEST)
-    except Exception:  # not a zarr group (or not readable): no run to resume
-        return None
-
-
-def _prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, units, overwrite: bool,
-                     replace_other_runs: bool = False) -> None:
-    paths = job.paths()
-    mean_path = paths["mean"]
-    previous = _read_manifest(mean_path) if mean_path.exists() else None
-    if replace_other_runs and previous is not None and previous != manifest:
-        overwrite = True
-    if mean_path.exists() and not overwrite:
-        if previous is None:
-            raise ValueError(f"{mean_path} exists and is not an unfinished emdiffuse run — choose another "
-                             "OUTPUT or delete it")
-        if previous != manifest:
-            differ = sorted(k for k in set(previous) | set(manifest) if previous.get(k) != manifest.get(k))
-            raise ValueError(f"{mean_path} holds a run with other settings ({', '.join(differ)} differ) — "
-                             "resume with the same options, or delete it to start again")
-        missing = [str(p) for p in paths.values() if not p.exists()]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} missing from an unfinished run — delete {mean_path} to start again")
-        return
-    out_voxel = _output_voxel_size(voxel_size, job.grid, ndim)
-    for name, path in paths.items():
-        if name != "mean":
-            _create_image(path, job.grid, ndim, _dtype_of(name, job.dtype), out_voxel, units,
-                          f"{mean_path.stem} {name}")
-    # The mean store appears complete, manifest and done markers included, or not at all.
-    mean_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=mean_path.parent, prefix=f".{mean_path.name}.", suffix=".tmp"))
-    try:
-        group = _create_image(tmp, job.grid, ndim, _dtype_of("mean", job.dtype), out_voxel, units, mean_path.stem)
-        group.create_array(DONE, shape=job.grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
-        group.attrs[MANIFEST] = manifest
-        if mean_path.exists():
-            shutil.rmtree(mean_path)
-        os.replace(tmp, mean_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def finished_chunks(output) -> np.ndarray:
-    """The done markers of a streamed OUTPUT: a uint8 array over the chunk lattice, 1 = finished."""
-    import zarr
-
-    return zarr.open_array(str(output), path=DONE, mode="r")[...]
-
-
-def open_result(output, field_name: str = "mean"):
-    """A streamed result as a lazy zarr array (OUTPUT or a sibling): what a viewer layer shows.
-    Chunks not yet finished read as 0; re-read (``layer.refresh()``) when a chunk arrives."""
-    import zarr
-
-    return zarr.open_array(str(output_paths(output, (field_name,))[field_name]), path="0", mode="r")
 
 
 # ---- restoring one chunk ----------------------------------------------------------------------
@@ -523,7 +381,7 @@ def restore_chunk(job: StreamJob, index, model, array=None, cancel=None) -> Chun
     _, _, keep = grid.lateral(index)
     depth = region[0].stop - region[0].start
     lateral_shape = tuple(s.stop - s.start for s in region[1:])
-    parts = {f: np.zeros((depth, *lateral_shape), dtype=_dtype_of(f, job.dtype)) for f in job.fields}
+    parts = {f: np.zeros((depth, *lateral_shape), dtype=field_dtype(f, job.dtype)) for f in job.fields}
     for zs, res in _chunk_results(job, index, model, array, cancel):
         for name in job.fields:
             value = getattr(res, name)
@@ -591,32 +449,3 @@ def stream_restore(image, output, model, *, cluster=None, progress: Callable[[in
                         total - len(todo), time.perf_counter() - t0, job.fields,
                         {"workers": workers, "chunk": job.grid.chunk, "halo": job.grid.halo,
                          "normalizer": job.normalizer, "model": model.name, "task": job.task})
-
-
-def streamed_fields(output) -> tuple[str, ...]:
-    """The result fields (mean, std, aleatoric, mask) a streamed OUTPUT holds."""
-    manifest = _read_manifest(Path(output))
-    if manifest is None:
-        raise ValueError(f"{output} is not an emdiffuse streamed result")
-    return tuple(manifest["fields"])
-
-
-def result_layer_data(output, field_name: str = "mean") -> tuple:
-    """A napari layer-data tuple ``(data, metadata, kind)`` for a streamed result that shows
-    finished chunks as they arrive: ``data`` is the lazy zarr array (unfinished chunks read 0),
-    contrast limits come from the run's normaliser (not from the still empty data), ``scale``
-    from the voxel size. Add it with ``viewer.add_image(data, **metadata)`` (``add_labels`` for
-    the mask) and call ``layer.refresh()`` from ``on_chunk`` in the GUI thread."""
-    path = output_paths(output, (field_name,))[field_name]
-    manifest = _read_manifest(Path(output)) or {}
-    lo, hi = manifest.get("normalizer", (None, None))
-    data = open_result(output, field_name)
-    meta = {"name": f"{Path(output).stem} {field_name}" if field_name != "mean" else Path(output).stem}
-    scale = read_ome_scale(path)
-    if scale is not None:
-        meta["scale"] = scale
-    if lo is not None and field_name == "mean":
-        meta["contrast_limits"] = (lo, hi)
-    elif lo is not None and field_name in ("std", "aleatoric"):
-        meta["contrast_limits"] = (0.0, (hi - lo) / 4)  # a quarter of the span: strong uncertainty
-    return data, meta, "labels" if field_name == "mask" else "image"
