@@ -281,9 +281,8 @@ def plan_stream(image, output, model, *, task: str | None = None, chunk=None, ha
         normalizer = Normalizer(*map(float, normalizer))
     options = {"samples": settings.samples, "steps": settings.steps, "sampler": settings.sampler,
                "grid": settings.grid, "tile": settings.tile, "overlap": settings.overlap,
-               "batch_size": batch_size, "device": device, "threshold": threshold}
-    if task != "isotropic":  # the posterior-mean estimate is the restore core's (denoise, superres)
-        options.update(estimate=settings.estimate, ensemble=settings.ensemble)
+               "batch_size": batch_size, "device": device, "threshold": threshold,
+               "estimate": settings.estimate, "ensemble": settings.ensemble}
     fields = _outputs_for(model, settings, threshold)
     job = StreamJob(location, str(output), task, grid_, np.dtype(array.dtype).str, fields,
                     (normalizer.lo, normalizer.hi), int(seed), options)

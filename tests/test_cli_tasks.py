@@ -92,6 +92,24 @@ def test_isotropic_tiff_shape_voxel_size_passthrough_and_std(tmp_path, capsys, i
     assert "z-factor 5" in out and "z spacing 10" in out
 
 
+def test_isotropic_estimate_and_ensemble_reach_the_core(tmp_path, capsys, iso_run):
+    from napari_emdiffuse.loading import load_model
+    from napari_emdiffuse.tasks.isotropic import reconstruct
+
+    vol = anisotropic_volume()[:2, :32, :40]
+    source = tmp_path / "aniso.tif"
+    write_image(source, vol)
+    code, _, err = run_cli(capsys, "isotropic", source, "-o", tmp_path / "iso.tif", "--model", iso_run,
+                           "--samples", 1, "--steps", 1, "--estimate", "posterior_mean", "--ensemble", 2,
+                           "--device", "cpu")
+    assert code == 0, err
+    expected = reconstruct(vol, load_model(iso_run), samples=1, steps=1, estimate="posterior_mean", ensemble=2,
+                           device="cpu")
+    single = reconstruct(vol, load_model(iso_run), samples=1, steps=1, estimate="posterior_mean", device="cpu")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "iso.tif"), expected.mean)
+    assert not np.array_equal(expected.mean, single.mean)
+
+
 def test_isotropic_zarr_voxel_size_attribute(tmp_path, capsys, iso_run):
     source = tmp_path / "aniso.zarr"
     write_image(source, anisotropic_volume()[:2], voxel_size=(40.0, 8.0, 8.0))

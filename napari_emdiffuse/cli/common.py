@@ -85,6 +85,12 @@ def add_restore_arguments(parser: argparse.ArgumentParser, default_model: str | 
     parser.add_argument("--overlap", type=int, metavar="PX", help="tile overlap in pixels (default: the model card's)")
     parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; the same seed gives the same result (default: 0)")
+    parser.add_argument("--estimate", choices=["posterior_mean", "sample_mean"],
+                        help="the restored image: the model's posterior mean (no sampling noise) or the "
+                             "mean of the samples, as EMDiffuse does (default: the model card's)")
+    parser.add_argument("--ensemble", type=positive_int, metavar="E",
+                        help="posterior mean averaged over E of 8 views of the input (rotations/flips; for "
+                             "isotropic, rotations and the two z directions) (default: the model card's)")
     from .streaming_opts import add_streaming_arguments  # --chunk/--halo/--cluster: streaming.py
 
     add_streaming_arguments(parser)
@@ -182,7 +188,7 @@ def run_restore_command(args: argparse.Namespace, task: str, extra: dict | None 
     with tqdm_progress(f"{task} {source.name}") as progress:
         result = restore_fn(image, model, samples=args.samples, steps=args.steps, sampler=args.sampler,
                             tile=args.tile, overlap=args.overlap, device=args.device, seed=args.seed,
-                            progress=progress, **(extra or {}))
+                            progress=progress, estimate=args.estimate, ensemble=args.ensemble, **(extra or {}))
     seconds = time.perf_counter() - t0
 
     voxel_size = _output_voxel_size(read_voxel_size(source), image.shape, result.mean.shape)

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm_progress(f"isotropic {source.name}") as progress:
         result = reconstruct(volume, model, z_factor=args.z_factor, samples=args.samples, steps=args.steps,
                              sampler=args.sampler, tile=args.tile, overlap=args.overlap, device=args.device,
-                             seed=args.seed, progress=progress)
+                             seed=args.seed, estimate=args.estimate, ensemble=args.ensemble, progress=progress)
     seconds = time.perf_counter() - t0
     voxel_size = output_voxel_size(read_voxel_size(source), result.info["voxel_scale"])
     # Side files first: an OUTPUT on disk means the whole run finished.

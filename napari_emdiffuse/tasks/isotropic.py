@@ -22,7 +22,7 @@ planes are subsampled by f there, and the model learned in that direction is app
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -237,7 +237,40 @@ def _sample_gap_2d(model, lower, upper, settings, f, gap, seed, origin, dev, on_
     def per_slice(t):
         return None if t is None else t[:, 0].float().cpu().numpy().reshape(f - 1, s, h, w)
 
+    ensemble = settings.ensemble if settings.estimate == "posterior_mean" else 1
+    if ensemble > 1:
+        first = _gap_ensemble_mean(model, lower, upper, first.reshape(f - 1, s, 1, h, w).mean(1), settings,
+                                   f, gap, seed, dev, on_batch, cancel)
+        return _Gap(per_slice(xs), first[:, 0].float().cpu().numpy()[:, None], per_slice(logvar))
     return _Gap(per_slice(xs), per_slice(first), per_slice(logvar))
+
+
+def ensemble_member(m: int) -> tuple[int, bool]:
+    """The m-th view of a gap: (lateral rotation 0-3, z reversed). Even members keep the cutting
+    direction, odd ones swap the two acquired slices, so any E >= 2 averages both directions."""
+    return m // 2, bool(m % 2)
+
+
+def _gap_ensemble_mean(model, lower, upper, first, settings, f, gap, seed, dev, on_batch, cancel):
+    """The posterior-mean estimate of a gap's f-1 slices averaged over ``settings.ensemble``
+    views (lateral rotations, and the gap seen from the other side): the network is neither
+    rotation- nor direction-equivariant, and its errors partly cancel."""
+    import torch
+
+    from ..restore import dihedral, sample_plane
+
+    one_level = replace(settings, steps=1, samples=1)
+    estimates = [first]
+    for m in range(1, settings.ensemble):
+        turn, reverse = ensemble_member(m)
+        below, above = (upper, lower) if reverse else (lower, upper)
+        cond = dihedral(torch.from_numpy(np.stack([above, below]))[None].to(dev), turn)
+        # row k-1 is the slice at k/f above ``lower`` in both views: f-k above ``upper`` when reversed
+        index = torch.tensor([(f - k if reverse else k) - 1 for k in range(1, f)], dtype=torch.float32, device=dev)
+        out = sample_plane(model, cond, one_level, seed=seed, streams=[(gap, 2 ** 20 + m, k) for k in range(1, f)],
+                           slice_index=index, on_batch=on_batch, cancel=cancel, with_mean=True)[2]
+        estimates.append(dihedral(out, turn, inverse=True))
+    return torch.stack(estimates).mean(0)
 
 
 def _sample_gap_3d(model, lower, upper, settings, f, gap, seed, origin, dev, on_batch, cancel) -> _Gap:
@@ -289,7 +322,7 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
                      cancel: Callable[[], bool] | None = None, threshold: float | None = None,
                      gaps: Sequence[int] | None = None, normalizer=None,
                      origin: tuple[int, int, int] = (0, 0, 0),
-                     estimate: str | None = None) -> Iterator[tuple[int, object]]:
+                     estimate: str | None = None, ensemble: int | None = None) -> Iterator[tuple[int, object]]:
     """Generate the slices between acquired slices ``gap`` and ``gap + 1``, yielding
     ``(gap, RestoreResult)`` per gap: ``mean`` (f-1, Y, X) in the volume's dtype, ``std`` over
     samples and ``aleatoric`` std (float32, intensity units, or None), ``mask`` (uint8).
@@ -297,7 +330,8 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     ``volume`` is (Z, Y, X): numpy, dask or zarr, read two slices at a time; each plane goes
     through the tiled sampler of the restore core. Arguments as :func:`restore.restore`;
     ``estimate`` (default: the card's) is ``sample_mean`` or ``posterior_mean`` (see
-    :class:`restore.Settings`); ``gaps`` restricts the work to some gaps; ``origin`` (z, y, x)
+    :class:`restore.Settings`); ``ensemble`` (posterior mean, 2D network) averages E views of
+    each gap: lateral rotations and the gap seen from the other side (:func:`ensemble_member`); ``gaps`` restricts the work to some gaps; ``origin`` (z, y, x)
     and ``normalizer`` place a window of a larger volume in it (streaming), so the window draws
     the noise the whole volume would.
     """
@@ -313,7 +347,8 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     check_volume(volume, f)
     three_d = getattr(model.network, "dims", 2) == 3
     settings = Settings.for_model(model, dev, samples=samples, steps=steps, sampler=sampler, grid=grid,
-                                  tile=tile, overlap=overlap, batch_size=batch_size, estimate=estimate)
+                                  tile=tile, overlap=overlap, batch_size=batch_size, estimate=estimate,
+                                  ensemble=ensemble)
     normalizer = normalizer if normalizer is not None else _fit_normalizer(volume, model)
     span = normalizer.hi - normalizer.lo
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
@@ -321,7 +356,12 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     probe = TileGrid.plan(volume.shape[-2:], settings.tile, settings.overlap, model.network.downsample_factor,
                           tuple(origin[1:]))
     states = settings.samples * (1 if three_d else f - 1)
-    total = len(probe.windows()) * states * settings.evaluations * len(todo)
+    per_gap = len(probe.windows()) * states * settings.evaluations
+    ensemble = 1 if three_d or settings.estimate != "posterior_mean" else settings.ensemble
+    for m in range(1, ensemble):  # a rotated view may need another number of tiles
+        shape = volume.shape[-2:][::-1] if ensemble_member(m)[0] % 2 else volume.shape[-2:]
+        per_gap += len(TileGrid.plan(shape, settings.tile, settings.overlap, model.network.downsample_factor).windows()) * (f - 1)
+    total = per_gap * len(todo)
     done = [0]
 
     def on_batch(n: int) -> None:
@@ -353,7 +393,8 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
         mask = None if basis is None or not np.isfinite(thr) else reliability_mask(basis, span, thr)
         info = {"gap": gap, "z_factor": f, "seconds": time.perf_counter() - t0, "device": str(dev),
                 "network": "3d" if three_d else "2d", "samples": settings.samples, "steps": settings.steps,
-                "sampler": settings.sampler, "estimate": settings.estimate, "evaluations": settings.evaluations, "tile": settings.tile,
+                "sampler": settings.sampler, "estimate": settings.estimate, "ensemble": ensemble,
+                "evaluations": settings.evaluations, "tile": settings.tile,
                 "normalizer": (normalizer.lo, normalizer.hi), "threshold": thr, "model": model.name}
         yield gap, RestoreResult(mean, std, ale, mask, info)
 
