@@ -35,6 +35,8 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
     t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16: bf16 autocast on the CPU too (faster on CPUs with native bf16)")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--init", metavar="MODEL",
+                   help="start from these weights (a preset name or a card/weights path): a fine-tune with a fresh optimiser")
     e = sub.add_parser("evaluate")
     e.add_argument("--model", default=name)
     e.add_argument("--also", nargs="*", default=["4x2:posterior_mean", "1x1"],
@@ -75,7 +77,6 @@ class TimeBudget:
 
 def train(args, card: dict, data, val) -> None:
     """Train ``card``'s network on ``data`` (validated on ``val``) into ``args.run``."""
-    from napari_emdiffuse.model import model_from_card
     from napari_emdiffuse.training.trainer import Trainer, TrainConfig, TrainUpdate
 
     torch.manual_seed(args.seed)
@@ -90,13 +91,28 @@ def train(args, card: dict, data, val) -> None:
             v = f" val_loss {u.val_loss:.4f} val_psnr1 {u.val_psnr:.2f}" if u.val_loss is not None else ""
             print(f"step {u.step}/{u.total} loss {u.loss:.4f} lr {u.lr:.2e} {u.seconds:.0f}s{v}", flush=True)
 
-    trainer = Trainer(model_from_card(card), data, cfg, args.run, val_data=val, callback=report,
+    trainer = Trainer(initial_model(card, args.init), data, cfg, args.run, val_data=val, callback=report,
                       should_stop=lambda: trainer.step >= trainer.cfg.steps)  # the budget may shorten it
     if args.resume:
         trainer.resume()
     budget = TimeBudget(args.minutes, start_step=trainer.step)
     trainer.run()
     print(f"done in {time.time() - t0:.0f}s at step {trainer.step}")
+
+
+def initial_model(card: dict, init: str | None):
+    """``card``'s network, with the weights of the model ``init`` when given (same architecture);
+    the card records where they came from."""
+    from napari_emdiffuse.loading import load_model
+    from napari_emdiffuse.model import model_from_card
+
+    if init is None:
+        return model_from_card(card)
+    base = load_model(init, task=card["task"])
+    card = {**card, "training": {**card.get("training", {}), "fine_tuned_from": f"{base.name} ({base.source})"}}
+    model = model_from_card(card)
+    model.network.load_state_dict({k: v.float() for k, v in base.network.state_dict().items()})
+    return model
 
 
 def parse_setting(text: str) -> dict:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from napari_emdiffuse.model import model_from_card
+from _script import initial_model
 from napari_emdiffuse.normalize import Normalizer
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.training.data import PatchPairs
@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--run", default="build/demo-denoise-run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", metavar="MODEL",
+                    help="start from these weights (e.g. demo-denoise): a fine-tune with a fresh optimiser")
     ap.add_argument("--noise-draw", default="loguniform",
                     help="noise levels drawn in training (napari_emdiffuse/training/noise.py)")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -74,7 +76,7 @@ def main() -> None:
                                 "intensity_jitter": args.jitter})
     card["normalization"] = norm
     card["network"] = {**CARD["network"], "inner_channel": args.inner_channel}
-    model = model_from_card(card)
+    model = initial_model(card, args.init)
 
     def report(u: TrainUpdate) -> None:
         if u.val_loss is not None or u.step % 50 == 0:

@@ -5,7 +5,8 @@
     python weights/train_isotropic.py evaluate --model isotropic-fibsem --update-card
 
 Route: from an isotropic volume (vEMDiffuse-i). Training volume: weights/data/fibsem_flyem_train.tif
-(FlyEM FIB-SEM, 10 nm isotropic, slices 0-89 of the cube); every plane a and a+5 condition the
+and fibsem_flyem_train2.tif
+(FlyEM FIB-SEM, 10 nm isotropic, slices 0-89 and 160-249 of the cube); every plane a and a+5 condition the
 four planes between them (in both directions along z). Held out: the bundled sample crop
 napari_emdiffuse/sample_data/fibsem_flyem_crop.tif (slices 93-156 of the cube): its every fifth
 slice (50 nm spacing) is reconstructed back to 10 nm and compared with the slices that were
@@ -22,7 +23,7 @@ from napari_emdiffuse.tasks import isotropic as iso
 from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
 
-TRAINING = _script.REPO / "weights" / "data" / "fibsem_flyem_train.tif"
+TRAINING = [_script.REPO / "weights" / "data" / name for name in ("fibsem_flyem_train.tif", "fibsem_flyem_train2.tif")]
 Z_FACTOR = 5
 
 CARD = {
@@ -44,10 +45,12 @@ CARD = {
 
 
 def train(args) -> None:
-    d = iso.training_data(tifffile.imread(TRAINING), Z_FACTOR)
+    parts = [iso.training_data(tifffile.imread(path), Z_FACTOR) for path in TRAINING]
+    d = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     v = iso.training_data(load_fibsem(), Z_FACTOR, both_directions=False)
     card = dict(CARD, training={
-        "data": "weights/data/fibsem_flyem_train.tif (90 x 144 x 144, 10 nm), planes a, a+5 -> a+1..a+4, both directions",
+        "data": "weights/data/fibsem_flyem_train.tif and fibsem_flyem_train2.tif (2 x 90 x 144 x 144, 10 nm), "
+                "planes a, a+5 -> a+1..a+4, both directions",
         "validation": "napari_emdiffuse/sample_data/fibsem_flyem_crop.tif (64 x 128 x 128, disjoint slices)",
         "patch": args.patch, "intensity_jitter": args.jitter, "noise_draw": args.noise_draw})
     _script.train(args, card,

@@ -4,7 +4,8 @@
     python weights/export_run.py build/superres-sstem-run --name superres-sstem --command "..."
     python weights/train_superres.py evaluate --model superres-sstem --update-card
 
-Training images: the bundled ssTEM crop (ISBI 2012, 30 sections, rows/columns 128-383, 4 nm pixels);
+Training images: the bundled ssTEM crop (ISBI 2012, 30 sections, rows/columns 128-383, 4 nm pixels)
+and the rest of every section outside the held-out rows (weights/data/sstem_isbi2012_train_tiles.tif);
 the low-resolution input is their 2x2 mean binning (what a scan with 8 nm pixels approximates).
 Held out: weights/data/sstem_isbi2012_val.tif (rows 0-127 of every third section), never seen
 in training; the figures in the card and in docs/benchmarks.md are measured there against
@@ -22,6 +23,8 @@ from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
 
 VALIDATION = _script.REPO / "weights" / "data" / "sstem_isbi2012_val.tif"
+EXTRA_TILES = _script.REPO / "weights" / "data" / "sstem_isbi2012_train_tiles.tif"
+TILE = 128
 SCALE = 2
 
 CARD = {
@@ -45,11 +48,20 @@ def validation_stack() -> np.ndarray:
     return tifffile.imread(VALIDATION)
 
 
+def training_tiles() -> np.ndarray:
+    """The bundled crop cut into 128 x 128 tiles, with the tiles of the rest of every section."""
+    crop = load_sstem()
+    z, h, w = crop.shape
+    tiles = crop.reshape(z, h // TILE, TILE, w // TILE, TILE).transpose(0, 1, 3, 2, 4).reshape(-1, TILE, TILE)
+    return np.concatenate([tiles, tifffile.imread(EXTRA_TILES)])
+
+
 def train(args) -> None:
-    cond, target = sr.training_pairs(load_sstem(), SCALE)
+    cond, target = sr.training_pairs(training_tiles(), SCALE)
     vcond, vtarget = sr.training_pairs(validation_stack(), SCALE)
     card = dict(CARD, training={
-        "data": "napari_emdiffuse/sample_data/sstem_isbi2012_crop.tif (30 x 256 x 256, all of it)",
+        "data": "napari_emdiffuse/sample_data/sstem_isbi2012_crop.tif (30 x 256 x 256) and "
+                "weights/data/sstem_isbi2012_train_tiles.tif, as 360 tiles of 128 x 128",
         "degradation": "2x2 mean binning, then bicubic x2 upsampling as the condition",
         "validation": "weights/data/sstem_isbi2012_val.tif (10 x 128 x 512, disjoint rows)",
         "patch": args.patch, "intensity_jitter": args.jitter, "noise_draw": args.noise_draw})
