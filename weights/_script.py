@@ -109,7 +109,7 @@ def initial_model(card: dict, init: str | None):
     if init is None:
         return model_from_card(card)
     base = load_model(init, task=card["task"])
-    card = {**card, "training": {**card.get("training", {}), "fine_tuned_from": f"{base.name} ({base.source})"}}
+    card = {**card, "training": {**card.get("training", {}), "fine_tuned_from": init}}
     model = model_from_card(card)
     model.network.load_state_dict({k: v.float() for k, v in base.network.state_dict().items()})
     return model
