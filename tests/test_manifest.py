@@ -43,7 +43,9 @@ def test_each_widget_docks(make_napari_viewer, emdiffuse_plugin, qtbot):
         assert dock.widget() is not None and docked[name].native.parent() is not None
         assert name in dock.name
     restore = docked["Restore"]
-    qtbot.waitUntil(lambda: restore.env.ready, timeout=60_000)
+    # every widget probes torch in a worker: let each finish, or teardown finds a running thread
+    probing = [w for w in docked.values() if hasattr(w, "env")]
+    qtbot.waitUntil(lambda: all(w.env.ready for w in probing), timeout=60_000)
     assert restore.device.choices[0] == "auto" and "cpu" in restore.device.choices
 
 
