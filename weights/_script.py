@@ -34,6 +34,7 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
     t.add_argument("--noise-draw", default="loguniform_max", help="noise levels drawn in training")
     t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16: bf16 autocast on the CPU too (faster on CPUs with native bf16)")
+    t.add_argument("--inner-channel", type=int, help="width of the network's first level (default: the card's)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init", metavar="MODEL",
                    help="start from these weights (a preset name or a card/weights path): a fine-tune with a fresh optimiser")
@@ -80,6 +81,8 @@ def train(args, card: dict, data, val) -> None:
     from napari_emdiffuse.training.trainer import Trainer, TrainConfig, TrainUpdate
 
     torch.manual_seed(args.seed)
+    if args.inner_channel:
+        card = {**card, "network": {**card["network"], "inner_channel": args.inner_channel}}
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
                       loss="l2", noise_draw=args.noise_draw, seed=args.seed, device=args.device,
                       precision=args.precision, val_every=250, val_batch=16, checkpoint_every=250)
