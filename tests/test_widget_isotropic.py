@@ -60,6 +60,29 @@ def test_reconstructs_volume_layer_with_z_scale_and_uncertainty(dock, qtbot, not
     assert [layer.name for layer in viewer.layers].count("aniso isotropic") == 1
 
 
+def test_ensemble_setting_reaches_the_reconstruction(dock, qtbot, notifications, tmp_path):
+    from conftest import write_tiny_run
+    from napari_emdiffuse.loading import load_model
+    from napari_emdiffuse.tasks.isotropic import reconstruct
+
+    viewer, widget = dock
+    run = write_tiny_run(tmp_path / "posterior-run", name="tiny-isotropic", task="isotropic",
+                         network=dict(TINY_CARD["network"], in_channel=3, slice_embedding=True),
+                         diffusion=dict(TINY_CARD["diffusion"], estimate="posterior_mean"),
+                         isotropic={"z_factor": 5}, tile={"size": 64, "overlap": 16})
+    volume = load_fibsem()[::5][:2, :48, :40]
+    widget.image.value = viewer.add_image(volume, name="aniso")
+    widget.settings.model = str(run)
+    widget.ensemble.value = 2
+    assert widget.settings.ensemble == 2
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert not errors(notifications)
+    expected = reconstruct(volume, load_model(run), ensemble=2, device="cpu")
+    assert expected.info["ensemble"] == 2
+    np.testing.assert_array_equal(viewer.layers["aniso isotropic"].data, expected.mean)
+
+
 def test_cancel_keeps_finished_gaps(dock, qtbot, notifications):
     viewer, widget = dock
     source = viewer.add_image(load_fibsem()[::5][:, :64, :64], name="aniso", scale=VOXEL)

@@ -40,6 +40,7 @@ class IsotropicSettings:
     z_factor: int = 0
     samples: int = 0
     steps: int = 0
+    ensemble: int = 0  # views of each gap averaged (rotations, both z directions)
     device: str = "auto"
     seed: int = 0
     store: str = ""  # OME-Zarr store of a streamed (zarr/dask layer) result; "": a scratch folder
@@ -60,8 +61,8 @@ def _produce(volume, settings: dict, cancel: threading.Event, put) -> None:
         model = load_model_cached(settings["model"], TASK)
         for gap, result in reconstruct_gaps(
                 volume, model, z_factor=settings["z_factor"], samples=settings["samples"],
-                steps=settings["steps"], device=settings["device"], seed=settings["seed"],
-                progress=lambda done, total: put(Progress(done, total)), cancel=cancel.is_set):
+                steps=settings["steps"], ensemble=settings["ensemble"], device=settings["device"],
+                seed=settings["seed"], progress=lambda done, total: put(Progress(done, total)), cancel=cancel.is_set):
             finished.append(gap)
             put(GapDone(gap, result))
             if cancel.is_set():
@@ -187,13 +188,15 @@ class IsotropicWidget(Container):
         self.z_factor = _spin("z-factor", 64, "output slices per acquired slice spacing (the model's by default)")
         self.samples = _spin("samples", 64, "diffusion samples per voxel; 2 or more give the uncertainty")
         self.steps = _spin("steps", 1000, "sampler steps per sample")
+        self.ensemble = _spin("ensemble", 8, "views of each gap averaged: lateral rotations and both z "
+                                             "directions (better, one network evaluation each)")
         self.device = ComboBox(label="device", choices=lambda _w: list(self.env.devices))
         self.store = store_field("volumes")
         self.run = RunPanel(self.run_state)
         self.run.run_button.text = "Reconstruct"
         super().__init__(widgets=[self.image, self.store, self.model, self.z_factor, self.samples, self.steps,
-                                  self.device, self.run])
-        for name in ("z_factor", "samples", "steps", "device"):
+                                  self.ensemble, self.device, self.run])
+        for name in ("z_factor", "samples", "steps", "ensemble", "device"):
             bind(getattr(self, name), self.settings, name)
         bind_store(self.store, self.settings)
         self.image.changed.connect(self._follow_source)
@@ -242,7 +245,7 @@ class IsotropicWidget(Container):
             return
         s = self.settings
         request = {"model": s.model, "z_factor": s.z_factor or None, "samples": s.samples or None,
-                   "steps": s.steps or None, "device": s.device, "seed": s.seed}
+                   "steps": s.steps or None, "ensemble": s.ensemble or None, "device": s.device, "seed": s.seed}
         if is_lazy(source_array(layer)):
             output = s.store or str(scratch_store(layer.name, TASK))
             request = StreamRequest(**request, task=TASK, output=output, scratch=not s.store)
