@@ -32,8 +32,8 @@ CARD = {
     "task": "superres",
     "description": "x2 super-resolution of TEM/SEM sections (input: an image with twice the pixel size), "
                    "EMDiffuse-style conditional diffusion on the bicubic upsampling; trained on real ssTEM "
-                   "of Drosophila VNC (ISBI 2012), demo size, CPU-trained.",
-    "network": {"kind": "residual_unet", "dims": 2, "in_channel": 2, "out_channel": 1, "inner_channel": 16,
+                   "of Drosophila VNC (ISBI 2012), base 32 channels (5.0 M parameters), CPU-trained.",
+    "network": {"kind": "residual_unet", "dims": 2, "in_channel": 2, "out_channel": 1, "inner_channel": 32,
                 "channel_mults": [1, 2, 4, 4], "res_blocks": 1, "attn_res": [], "num_head_channels": 32,
                 "norm_groups": 8, "dropout": 0.0, "aleatoric": True},
     "diffusion": {"parameterization": "x0", "clip": [-1.5, 1.5], "sigma_min": 0.002, "sigma_max": 80.0,
