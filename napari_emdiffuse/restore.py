@@ -200,6 +200,13 @@ def dihedral(t: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     return t.flip(-1) if flip else t
 
 
+def view_tiles(shape: tuple[int, int], turn: int, settings: Settings, multiple: int) -> int:
+    """Tiles of one ensemble view of a plane: a quarter turn swaps its height and width, which may
+    change the number of tiles (progress counts them)."""
+    shape = tuple(shape)[::-1] if turn % 2 else tuple(shape)
+    return len(TileGrid.plan(shape, settings.tile, settings.overlap, multiple).windows())
+
+
 def _ensemble_mean(model, cond, first, settings, seed, z, on_batch, cancel) -> torch.Tensor:
     """The posterior-mean estimate averaged over ``settings.ensemble`` rotations/flips: the
     network is not exactly equivariant, and its errors partly cancel (EDSR's self-ensemble)."""
@@ -253,9 +260,7 @@ def restore_slices(image, model: RestorationModel | str, *, task: str | None = N
                           (origin[1] * scale, origin[2] * scale))
     ensemble = settings.ensemble if settings.estimate == "posterior_mean" else 1
     per_plane = len(probe.windows()) * settings.samples * settings.evaluations
-    for k in range(1, ensemble):  # a rotated plane may need another number of tiles
-        shape = out_shape[::-1] if k % 2 else out_shape
-        per_plane += len(TileGrid.plan(shape, settings.tile, settings.overlap, model.network.downsample_factor).windows())
+    per_plane += sum(view_tiles(out_shape, k, settings, model.network.downsample_factor) for k in range(1, ensemble))
     total = per_plane * len(zs)
     done = [0]
 

@@ -114,7 +114,7 @@ def initial_model(card: dict, init: str | None):
     base = load_model(init, task=card["task"])
     card = {**card, "training": {**card.get("training", {}), "fine_tuned_from": init}}
     model = model_from_card(card)
-    model.network.load_state_dict({k: v.float() for k, v in base.network.state_dict().items()})
+    model.network.load_state_dict(base.network.state_dict())  # copied into the new network's dtype
     return model
 
 

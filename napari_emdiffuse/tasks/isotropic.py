@@ -336,7 +336,7 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     the noise the whole volume would.
     """
     from ..device import resolve_device
-    from ..restore import RestoreResult, Settings, _fit_normalizer, _prepare
+    from ..restore import RestoreResult, Settings, _fit_normalizer, _prepare, view_tiles
     from ..normalize import to_dtype
     from ..tiling import TileGrid
     from ..uncertainty import aleatoric_std, reliability_mask, sample_std
@@ -358,9 +358,8 @@ def reconstruct_gaps(volume, model, *, z_factor: int | None = None, samples: int
     states = settings.samples * (1 if three_d else f - 1)
     per_gap = len(probe.windows()) * states * settings.evaluations
     ensemble = 1 if three_d or settings.estimate != "posterior_mean" else settings.ensemble
-    for m in range(1, ensemble):  # a rotated view may need another number of tiles
-        shape = volume.shape[-2:][::-1] if ensemble_member(m)[0] % 2 else volume.shape[-2:]
-        per_gap += len(TileGrid.plan(shape, settings.tile, settings.overlap, model.network.downsample_factor).windows()) * (f - 1)
+    per_gap += (f - 1) * sum(view_tiles(volume.shape[-2:], ensemble_member(m)[0], settings,
+                                        model.network.downsample_factor) for m in range(1, ensemble))
     total = per_gap * len(todo)
     done = [0]
 
