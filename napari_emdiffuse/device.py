@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def available_devices() -> list[str]:
@@ -38,3 +42,27 @@ def autocast(device: torch.device, enabled: bool = True):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates
+    it and bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def inference_autocast(device: torch.device, precision: str = "auto"):
+    """Autocast for sampling. ``auto``: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs
+    with native bf16 (1.8-1.9x faster than fp32 there at the same PSNR, docs/benchmarks.md),
+    fp32 on other CPUs, where bf16 is emulated; ``bf16`` forces it on the CPU; ``fp32`` turns it
+    off. The sampler always stays in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cpu":
+        use_bf16 = precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())
+        return torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    return autocast(device)

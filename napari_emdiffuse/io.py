@@ -7,13 +7,13 @@ a temporary name first and is renamed into place, so an interrupted run never le
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import zarr
+
+from .files import atomic_directory, atomic_write
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 ZARR_SUFFIXES = (".zarr",)
@@ -33,14 +33,6 @@ def image_format(path: str | os.PathLike) -> str:
         return "zarr"
     raise ImageError(f"{Path(path).name}: unknown image format {suffix or '(no extension)'!r} — "
                      f"use {SUPPORTED}")
-
-
-def sibling_path(path: str | os.PathLike, tag: str) -> Path:
-    """``out.tif`` -> ``out_std.tif`` (``out.ome.tif`` -> ``out_std.ome.tif``)."""
-    path = Path(path)
-    suffixes = path.suffixes[-2:] if len(path.suffixes) >= 2 and path.suffixes[-2].lower() == ".ome" else path.suffixes[-1:]
-    ext = "".join(suffixes)
-    return path.with_name(f"{path.name[: len(path.name) - len(ext)]}_{tag}{ext}")
 
 
 def _open_zarr_array(path: Path):
@@ -136,18 +128,6 @@ def read_voxel_size(path: str | os.PathLike) -> tuple[float, ...] | None:
         return tuple(float(v) for v in size)
 
 
-def _replace_path(tmp: Path, path: Path) -> None:
-    """Move the store ``tmp`` to ``path``; one already there is removed only after the move."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-
-
 def write_image(path: str | os.PathLike, array, voxel_size=None, like: str | os.PathLike | None = None) -> Path:
     """Write a TIFF or a zarr store atomically. ``voxel_size`` defaults to ``like``'s (a path to
     the input the array came from) when that has one; zarr stores follow ``like``'s zarr format."""
@@ -159,27 +139,10 @@ def write_image(path: str | os.PathLike, array, voxel_size=None, like: str | os.
     if voxel_size is not None:
         voxel_size = tuple(float(v) for v in voxel_size)[-array.ndim:]
     if fmt == "tiff":
-        from .training.runs import atomic_write  # lazily: it brings torch
-
         atomic_write(path, lambda tmp: _write_tiff(tmp, array, voxel_size))
-        _usual_permissions(path, 0o666)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        _write_zarr(tmp, array, voxel_size, _zarr_format_of(like))
-        _usual_permissions(tmp, 0o777)
-        _replace_path(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _usual_permissions(path: Path, mode: int) -> None:
-    """Temporary files are created private (0600/0700); outputs get what the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
+    zarr_format = _zarr_format_of(like)
+    return atomic_directory(path, lambda tmp: _write_zarr(tmp, array, voxel_size, zarr_format))
 
 
 def _write_tiff(path: Path, array: np.ndarray, voxel_size) -> None:

@@ -18,7 +18,8 @@ import yaml
 from . import emdiffuse_compat
 from .device import resolve_device
 from .model import RestorationModel, model_from_card
-from .training.runs import CARD_NAME, is_run_folder, sha256_of
+from .files import sha256_of
+from .run_folder import CARD_NAME, is_run_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt")

@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from .diffusion.denoiser import Denoiser
-from .nn.unet import UNet
-
-TASKS = ("denoise", "superres", "isotropic")
+from .nn import ResidualUNet, UNet
+from .tasks import task_names
 
 # What a card leaves out. Sampling defaults are the fast solver on the EDM grid (docs/benchmarks.md).
 DEFAULT_DIFFUSION = {
@@ -102,16 +101,14 @@ def build_network(network_card: dict) -> UNet:
         kw["channel_mults"] = tuple(kw["channel_mults"])
     if "attn_res" in kw:
         kw["attn_res"] = tuple(kw["attn_res"])
-    if kind == "residual_unet":  # x0 = interpolation baseline + UNet (tasks/residual.py)
-        from .tasks.residual import ResidualUNet
-
+    if kind == "residual_unet":  # x0 = interpolation baseline + UNet (nn/residual.py)
         return ResidualUNet(**kw)
     return UNet(**kw)
 
 
 def model_from_card(card: dict, state_dict: dict | None = None, source: str = "") -> RestorationModel:
-    if card.get("task") not in TASKS:
-        raise ValueError(f"model card task must be one of {', '.join(TASKS)}, got {card.get('task')!r}")
+    if card.get("task") not in task_names():
+        raise ValueError(f"model card task must be one of {', '.join(task_names())}, got {card.get('task')!r}")
     network = build_network(card["network"])
     if state_dict is not None:
         network.load_state_dict(state_dict)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_emdiffuse import distributed as emd_distributed
+from napari_emdiffuse.streaming import cluster as emd_distributed
 from napari_emdiffuse.streaming import finished_chunks, open_result, plan_stream, restore_chunk, stream_restore
 from test_streaming import FIELDS, tiny_model, volume
 

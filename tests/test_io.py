@@ -8,7 +8,8 @@ import tifffile
 import zarr
 
 from napari_emdiffuse.io import (ImageError, check_image, image_format, read_image, read_voxel_size,
-                                 sibling_path, write_image)
+                                 write_image)
+from napari_emdiffuse.results import sibling_path
 from napari_emdiffuse.sample_data import load_pair
 
 

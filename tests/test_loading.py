@@ -13,7 +13,8 @@ import yaml
 from napari_emdiffuse import emdiffuse_compat
 from napari_emdiffuse.loading import list_presets, load_model
 from napari_emdiffuse.model import build_network, model_from_card
-from napari_emdiffuse.training.runs import save_model, sha256_of
+from napari_emdiffuse.files import sha256_of
+from napari_emdiffuse.training.runs import save_model
 
 REFERENCE = Path(__file__).parent / "data" / "emdiffuse"
 CHECKPOINTS = {"emdiffuse_unet2d_small": "denoise", "vemdiffuse_unet_small": "isotropic"}

@@ -15,6 +15,7 @@ import zarr
 from napari_emdiffuse.io import read_image, read_voxel_size
 from napari_emdiffuse.model import model_from_card
 from napari_emdiffuse.restore import restore
+from napari_emdiffuse.tasks import Geometry, get_task
 from napari_emdiffuse.streaming import (ChunkGrid, finished_chunks, open_result, plan_stream, restore_chunk,
                                         result_layer_data, stream_restore)
 
@@ -53,8 +54,10 @@ def read_all(output, fields=FIELDS):
 
 
 def test_chunk_lattice_covers_the_output_exactly_once():
-    for grid in (ChunkGrid((5, 100, 70), (2, 32, 48), 8), ChunkGrid((3, 40, 50), (1, 16, 32), 4, scale=2),
-                 ChunkGrid((4, 30, 30), (2, 16, 16), 4, z_factor=3)):
+    denoise, superres, isotropic = (get_task(name) for name in ("denoise", "superres", "isotropic"))
+    iso = ChunkGrid.for_task(isotropic, (4, 30, 30), (2, 16, 16), 4, Geometry(z_factor=3))
+    for grid in (ChunkGrid.for_task(denoise, (5, 100, 70), (2, 32, 48), 8, Geometry()),
+                 ChunkGrid.for_task(superres, (3, 40, 50), (1, 16, 32), 4, Geometry(scale=2)), iso):
         hits = np.zeros(grid.out_shape, dtype=int)
         for index in grid.indices():
             hits[grid.out_region(index)] += 1
@@ -63,8 +66,7 @@ def test_chunk_lattice_covers_the_output_exactly_once():
             kept = [k.stop - k.start for k in keep]
             assert kept == [r.stop - r.start for r in grid.out_region(index)[1:]]
         assert (hits == 1).all()
-    iso = ChunkGrid((4, 30, 30), (2, 16, 16), 4, z_factor=3)
-    assert iso.out_shape == (10, 30, 30) and [list(iso.slices((j, 0, 0))) for j in range(2)] == [[0, 1], [2]]
+    assert iso.out_shape == (10, 30, 30) and [iso.units(isotropic, (j, 0, 0)) for j in range(2)] == [[0, 1], [2]]
 
 
 def test_stream_equals_whole_plane_restore_for_any_lattice_when_the_halo_covers_every_step(tmp_path):
@@ -194,7 +196,7 @@ def test_ome_zarr_in_and_out_with_voxel_sizes_and_superres_scaling(tmp_path):
 
 
 def test_isotropic_volume_streams_gap_chunks_like_the_in_memory_reconstruction(tmp_path):
-    from napari_emdiffuse.tasks.isotropic import reconstruct
+    from napari_emdiffuse.restore import restore as reconstruct
 
     model = tiny_model("isotropic", isotropic={"z_factor": 2})
     image = volume((4, 72, 32))
@@ -272,7 +274,7 @@ def test_cli_chunk_streams_resumes_and_explains_a_tiff_output(tmp_path, tiny_mod
 
 def test_a_large_volume_normaliser_reads_a_bounded_sample_close_to_the_full_fit(monkeypatch):
     from napari_emdiffuse import streaming
-    from napari_emdiffuse.restore import _fit_normalizer
+    from napari_emdiffuse.engine import fit_normalizer
 
     class Counting:
         """An array that counts the pixels read from it."""
@@ -288,10 +290,10 @@ def test_a_large_volume_normaliser_reads_a_bounded_sample_close_to_the_full_fit(
 
     model = tiny_model()
     image = volume((20, 200, 200))
-    full = _fit_normalizer(image, model)
-    monkeypatch.setattr(streaming, "NORMALIZER_PIXELS", 60_000)
+    full = fit_normalizer(image, model)
+    monkeypatch.setattr(streaming.chunks, "NORMALIZER_PIXELS", 60_000)
     counting = Counting(image)
-    sampled = streaming._volume_normalizer(counting, model)
+    sampled = streaming.volume_normalizer(counting, model)
     assert counting.read <= 60_000
     span = full.hi - full.lo
     assert abs(sampled.lo - full.lo) < 0.05 * span and abs(sampled.hi - full.hi) < 0.05 * span

@@ -9,11 +9,17 @@ import torch
 from conftest import ConditionNet
 
 from napari_emdiffuse.model import RestorationModel, model_from_card
+from napari_emdiffuse.restore import restore
 from napari_emdiffuse.sample_data import load_sstem
 from napari_emdiffuse.tasks import superres as sr
 from napari_emdiffuse.tasks.metrics import psnr
+from napari_emdiffuse.training import pairs
 from napari_emdiffuse.training.data import PatchPairs
 from napari_emdiffuse.training.trainer import Trainer, TrainConfig
+
+
+def superres(image, model, **kwargs):
+    return restore(image, model, task="superres", **kwargs)
 
 
 def condition_model(scale: int = 2) -> RestorationModel:
@@ -44,7 +50,7 @@ def test_bin_mean_is_the_block_mean_and_drops_partial_edges():
 
 def test_training_pairs_from_real_sstem():
     hr = load_sstem()[:3, :101, :96]
-    cond, target = sr.training_pairs(hr, 2)
+    cond, target = pairs.training_pairs(hr, 2)
     assert cond.shape == target.shape == (3, 1, 100, 96) and cond.dtype == np.float32
     # the condition is the bicubic upsampling of the binned image, in the same normalisation
     assert float(np.corrcoef(cond.ravel(), target.ravel())[0, 1]) > 0.8
@@ -55,7 +61,7 @@ def test_condition_network_returns_the_bicubic_baseline():
     """The restore core's condition and this module's upsampling agree pixel for pixel."""
     hr = load_sstem()[0, :96, :128].astype(np.float32)
     lr = sr.bin_mean(hr, 2)
-    res = sr.superres(lr, condition_model(), device="cpu")
+    res = superres(lr, condition_model(), device="cpu")
     assert res.mean.shape == (96, 128)
     np.testing.assert_allclose(res.mean, sr.upsample(lr, 2), atol=0.02)
 
@@ -67,19 +73,19 @@ def test_superres_shapes_for_images_and_stacks():
         for p in model.network.parameters():
             p.add_(0.05 * torch.randn_like(p))
     image = load_sstem()[0, :40, :56]
-    res = sr.superres(image, model, device="cpu")
+    res = superres(image, model, device="cpu")
     assert res.mean.shape == (80, 112) and res.mean.dtype == np.uint8
     assert res.std.shape == (80, 112)
-    stack = sr.superres(load_sstem()[:2, :40, :56], model, device="cpu", samples=1)
+    stack = superres(load_sstem()[:2, :40, :56], model, device="cpu", samples=1)
     assert stack.mean.shape == (2, 80, 112) and stack.std is None
 
 
 def test_scale_and_task_are_checked():
     model = condition_model(2)
     with pytest.raises(ValueError, match="--scale 2"):
-        sr.superres(np.zeros((16, 16), np.float32), model, scale=4)
+        superres(np.zeros((16, 16), np.float32), model, scale=4)
     with pytest.raises(ValueError, match="superres model"):
-        sr.superres(np.zeros((16, 16), np.float32), model_from_card(dict(tiny_card(), task="denoise")))
+        superres(np.zeros((16, 16), np.float32), model_from_card(dict(tiny_card(), task="denoise")))
 
 
 def test_bicubic_baseline_beats_nearest_on_real_data():
@@ -92,8 +98,8 @@ def test_bicubic_baseline_beats_nearest_on_real_data():
 
 def test_short_training_on_real_sstem_lowers_validation_loss(tmp_path):
     stack = load_sstem()
-    cond, target = sr.training_pairs(stack[:, :160], 2)
-    vcond, vtarget = sr.training_pairs(stack[:, 176:], 2)  # disjoint rows
+    cond, target = pairs.training_pairs(stack[:, :160], 2)
+    vcond, vtarget = pairs.training_pairs(stack[:, 176:], 2)  # disjoint rows
     torch.manual_seed(0)
     model = model_from_card(tiny_card())
     cfg = TrainConfig(steps=40, batch_size=4, lr=1e-3, warmup=5, ema_decay=0.9, device="cpu",
@@ -110,7 +116,7 @@ def test_untrained_residual_network_starts_at_bicubic():
     card["network"]["kind"] = "residual_unet"
     card["diffusion"]["clip"] = None
     lr = sr.bin_mean(load_sstem()[0, :64, :96], 2)
-    res = sr.superres(lr, model_from_card(card), device="cpu")
+    res = superres(lr, model_from_card(card), device="cpu")
     np.testing.assert_allclose(res.mean, sr.upsample(lr, 2), atol=0.05)
 
 
@@ -119,5 +125,5 @@ def test_bundled_model_loads_by_name_and_doubles_the_size():
 
     model = load_model("superres-sstem", task="superres")
     assert sr.model_scale(model) == 2 and model.card["network"]["kind"] == "residual_unet"
-    res = sr.superres(load_sstem()[0, :32, :48], model, device="cpu", steps=1)
+    res = superres(load_sstem()[0, :32, :48], model, device="cpu", steps=1)
     assert res.mean.shape == (64, 96) and res.mean.dtype == np.uint8

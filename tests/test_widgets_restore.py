@@ -150,8 +150,8 @@ def zarr_layer(viewer, tmp_path, depth=3):
 
 def test_zarr_stack_streams_into_lazy_layers_that_fill_chunk_by_chunk(dock, qtbot, tiny_model_dir, tmp_path,
                                                                      notifications, monkeypatch):
-    from napari_emdiffuse import streaming
     from napari_emdiffuse.streaming import open_result, stream_restore
+    from napari_emdiffuse.streaming import run as streaming
 
     viewer, widget = dock
     store, source = zarr_layer(viewer, tmp_path)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from napari_emdiffuse.training.runs import CARD_NAME, WEIGHTS_NAME, save_card, save_torch, sha256_of
+from napari_emdiffuse.files import sha256_of
+from napari_emdiffuse.training.runs import CARD_NAME, WEIGHTS_NAME, save_card, save_torch
 
 REPO = Path(__file__).resolve().parents[1]
 

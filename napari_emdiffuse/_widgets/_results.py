@@ -7,13 +7,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..results import BY_ROLE, OUTPUTS
 from ..uncertainty import reliability_mask
 
 KEY = "emdiffuse"  # layer.metadata key: {"source": source uid, "role": ..., "span": ...}
-ROLES = ("restored", "std", "aleatoric", "mask")
+ROLES = tuple(o.role for o in OUTPUTS)
+IMAGE_ROLES = tuple(o.role for o in OUTPUTS if o.layer == "image")  # filled from the result; the mask is derived
 MASK_COLOR = (1.0, 0.15, 0.1, 1.0)
 PLACE_PAUSE_MS = 15
-OVERLAYS = {"std": ("uncertainty (std)", (1.0, 0.8, 0.0)), "aleatoric": ("aleatoric (std)", (0.0, 0.8, 1.0))}
 
 
 def source_array(layer):
@@ -132,7 +133,7 @@ class ResultLayers:
         if first:
             self._allocate(result)
         index = self.slices.index(z) if self.stacked else ...
-        for role in ("restored", "std", "aleatoric"):
+        for role in IMAGE_ROLES:
             if role in self.arrays:
                 self.arrays[role][index] = self._part(result, role)
         if "mask" in self.arrays:  # at the threshold shown now, which may have moved during the run
@@ -159,11 +160,11 @@ class ResultLayers:
 
     @staticmethod
     def _part(result, role: str):
-        return {"restored": result.mean, "std": result.std, "aleatoric": result.aleatoric}.get(role)
+        return getattr(result, BY_ROLE[role].field)
 
     def _allocate(self, result) -> None:
         lead = (len(self.slices),) if self.stacked else ()
-        for role in ("restored", "std", "aleatoric"):
+        for role in IMAGE_ROLES:
             part = self._part(result, role)
             if part is not None:
                 self.arrays[role] = np.zeros(lead + part.shape, dtype=part.dtype)
@@ -222,13 +223,13 @@ def place_result_layer(viewer, source, previous, role: str, data, meta: dict, gr
 def add_result_layer(viewer, source, role: str, data, meta: dict, grid: dict, show: dict[str, bool]):
     """A result layer in its role's style (gray image, fading colour overlay, red mask), placed
     on ``grid`` at creation: a layer added off-grid would move the viewer's slice."""
-    name = source.name
-    common = {"metadata": meta, "units": source.units, "axis_labels": source.axis_labels, **grid}
-    if role == "restored":
-        return viewer.add_image(data, name=f"{name} restored", colormap="gray", **common)
-    if role == "mask":
-        return viewer.add_labels(data, name=f"{name} unreliable", opacity=0.4,
-                                 colormap=mask_colormap(), visible=show.get("mask", True), **common)
-    label, rgb = OVERLAYS[role]
-    return viewer.add_image(data, name=f"{name} {label}", colormap=uncertainty_colormap(label, rgb),
-                            blending="translucent", opacity=0.8, visible=show.get(role, role == "std"), **common)
+    output = BY_ROLE[role]
+    name = f"{source.name} {output.label}"
+    common = {"metadata": meta, "units": source.units, "axis_labels": source.axis_labels, "name": name, **grid}
+    visible = show.get(role, output.shown)
+    if output.layer == "labels":
+        return viewer.add_labels(data, opacity=0.4, colormap=mask_colormap(), visible=visible, **common)
+    if output.colour is None:
+        return viewer.add_image(data, colormap="gray", **common)
+    return viewer.add_image(data, colormap=uncertainty_colormap(output.label, output.colour), blending="translucent",
+                            opacity=0.8, visible=visible, **common)

@@ -5,9 +5,15 @@ from dataclasses import dataclass
 
 from psygnal import evented
 
+from ..tasks import all_tasks
+
 MODEL_DEFAULT = "model default"  # sampler choice that keeps the model card's sampler
 SCOPES = ("current slice", "whole stack")
-TASKS = {"denoise": "denoise", "super-resolution": "superres"}  # label -> model card task
+
+
+def task_choices(widget: str) -> list[tuple[str, str]]:
+    """(label, task) of the registered tasks a widget runs (restore or isotropic)."""
+    return [(task.label, task.name) for task in all_tasks() if task.widget == widget]
 
 
 @evented
@@ -25,6 +31,21 @@ class RestoreSettings:
     tile: int = 0
     device: str = "auto"
     scope: str = "whole stack"
+    seed: int = 0
+    store: str = ""  # OME-Zarr store of a streamed (zarr/dask layer) result; "": a scratch folder
+
+
+@evented
+@dataclass
+class IsotropicSettings:
+    """0 means "the model card's default"."""
+
+    model: str = ""
+    z_factor: int = 0
+    samples: int = 0
+    steps: int = 0
+    ensemble: int = 0  # views of each gap averaged (rotations, both z directions)
+    device: str = "auto"
     seed: int = 0
     store: str = ""  # OME-Zarr store of a streamed (zarr/dask layer) result; "": a scratch folder
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..results import BY_FIELD
 from ..uncertainty import lazy_reliability_mask
 from ._results import KEY, ROLES, find_results, layer_uid, place_result_layer, placement
-
-ROLE_OF_FIELD = {"mean": "restored", "std": "std", "aleatoric": "aleatoric", "mask": "mask"}
 
 
 class StoreLayers:
@@ -45,9 +44,9 @@ class StreamedLayers(StoreLayers):
 
     def open(self, output: str, model_meta: dict) -> None:
         """Show the store at ``output`` in the source's result layers (re-using an earlier run's)."""
-        from ..streaming import result_layer_data, streamed_fields
+        from ..streaming import result_layer_data, streamed_fields  # lazily: streaming brings torch
 
-        views = {ROLE_OF_FIELD[f]: result_layer_data(output, f)[:2] for f in streamed_fields(output)}
+        views = {BY_FIELD[f].role: result_layer_data(output, f)[:2] for f in streamed_fields(output)}
         lo, hi = views["restored"][1]["contrast_limits"]
         self.meta = {"span": float(hi - lo), "output": str(output), **model_meta}
         if "mask" in views:

@@ -1,17 +1,21 @@
-"""The restore job run by the widget's worker thread, as a generator of typed updates.
+"""The restore job a widget's worker thread runs (Restore and Isotropic widgets alike), as a
+generator of typed updates: one restore session (:mod:`napari_emdiffuse.restore_session`), in
+memory unit by unit or, for a zarr- or dask-backed layer, streamed chunk by chunk into an
+OME-Zarr store on disk.
 
-The compute core runs in a helper thread (:func:`._threading.updates_from`), so the generator
-can yield progress while a slice is being sampled, not only between slices. Cancelling sets the
-core's cancel flag; the core stops at its next network batch and every slice that finished
-has already been yielded.
+The session runs in a helper thread (:func:`._threading.updates_from`), so the generator can
+yield progress while a unit is being sampled, not only between units. Cancelling sets the
+session's cancel flag; the core stops at its next network batch (or chunk) and every unit that
+finished has already been yielded (or written).
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Union
 
 from ._threading import updates_from
 
@@ -19,26 +23,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RestoreRequest:
-    """Everything the job needs; None means "the model card's default"."""
+class WidgetJob:
+    """A restore request (``restore_session.RestoreRequest``) and, for a streamed run, the
+    OME-Zarr store it writes (``scratch``: the widget chose it, so an older run there with other
+    settings is replaced)."""
 
-    model: str
-    task: str
-    slices: Sequence[int] | None = None
-    samples: int | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    estimate: str | None = None
-    ensemble: int | None = None
-    tile: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    threshold: float | None = None
+    request: Any
+    output: str = ""
+    scratch: bool = False
 
 
 @dataclass(frozen=True)
 class Progress:
-    done: int  # tile-steps (network evaluations per tile) finished
+    done: int  # tile-steps (network evaluations per tile) finished, or chunks when streaming
     total: int
 
 
@@ -51,22 +48,45 @@ class ModelReady:
 
 
 @dataclass(frozen=True)
-class SliceDone:
-    z: int  # index in the source stack (0 for a 2D image)
-    result: Any  # restore.RestoreResult
+class UnitDone:
+    unit: int  # the source slice (or, for isotropic reconstruction, the gap) just restored
+    result: Any  # results.RestoreResult
+
+
+@dataclass(frozen=True)
+class StoreReady:
+    output: str  # created (or kept, to resume): result layers can open it now
+
+
+@dataclass(frozen=True)
+class ChunkWritten:
+    region: tuple  # (z, y, x) slices of the output that were just written
 
 
 @dataclass(frozen=True)
 class Finished:
     cancelled: bool = False
     error: str | None = None  # one line that says what to do
-    slices: tuple[int, ...] = field(default=())
+    units: tuple[int, ...] = field(default=())
 
 
-Update = Union[Progress, ModelReady, SliceDone, Finished]
+Update = Union[Progress, ModelReady, UnitDone, StoreReady, ChunkWritten, Finished]
 
 _cache_lock = threading.Lock()
 _cache: dict = {}  # the last model loaded, reused while its files are unchanged
+
+
+def is_lazy(array) -> bool:
+    """A zarr or dask array: read on demand, perhaps larger than memory."""
+    module = type(array).__module__.split(".")[0]
+    return module in ("zarr", "dask")
+
+
+def scratch_store(layer_name: str, task: str) -> Path:
+    """Where a streamed result goes when the user picks no store: a per-layer folder in the
+    temporary directory (a re-run with the same settings resumes there)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer_name).strip("_") or "image"
+    return Path(tempfile.gettempdir()) / "napari-emdiffuse" / f"{safe}-{task}.zarr"
 
 
 def _files_stamp(spec: str) -> tuple:
@@ -76,7 +96,7 @@ def _files_stamp(spec: str) -> tuple:
 
 
 def load_model_cached(spec: str, task: str):
-    from ..loading import load_model
+    from ..loading import load_model  # in the worker thread: torch is imported there
 
     key = (spec, task, _files_stamp(spec))
     with _cache_lock:
@@ -98,33 +118,42 @@ def error_message(error: BaseException, device: str) -> str:
     return f"restore failed ({type(error).__name__}: {error}) — the traceback is in the terminal"
 
 
-def _produce(image, request: RestoreRequest, cancel: threading.Event, put: Callable[[Update], None]) -> None:
-    from ..restore import Cancelled, restore_slices
+def _produce(image, job: WidgetJob, cancel: threading.Event, put: Callable[[Update], None]) -> None:
+    from ..restore_session import RestoreSession  # in the worker thread: torch is imported there
+    from ..tiling import Cancelled
 
-    finished = []
+    finished: list[int] = []
+    ready = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if job.output and not ready.is_set():  # a streamed run reports once its store exists
+            ready.set()
+            put(StoreReady(job.output))
+        put(Progress(done, total))
+
     try:
-        model = load_model_cached(request.model, request.task)
-        threshold = model.uncertainty.get("threshold")
-        put(ModelReady(model.name, model.task, model.aleatoric, threshold))
-        for z, result in restore_slices(
-            image, model, task=request.task, samples=request.samples, steps=request.steps,
-            sampler=request.sampler, estimate=request.estimate, ensemble=request.ensemble, tile=request.tile,
-            device=request.device, seed=request.seed, threshold=request.threshold, slices=request.slices,
-            progress=lambda done, total: put(Progress(done, total)), cancel=cancel.is_set,
-        ):
-            finished.append(z)
-            put(SliceDone(z, result))
-            if cancel.is_set():  # a slice that finished just as Cancel was pressed is kept
-                raise Cancelled()
-        put(Finished(slices=tuple(finished)))
+        session = RestoreSession(job.request, progress=progress, cancel=cancel.is_set, load=load_model_cached)
+        model = session.model
+        put(ModelReady(model.name, model.task, model.aleatoric, model.uncertainty.get("threshold")))
+        if job.output:
+            session.stream(image, job.output, replace_other_runs=job.scratch,
+                           on_chunk=lambda chunk: put(ChunkWritten(chunk.region)))
+        else:
+            for unit, result in session.units(image):
+                finished.append(unit)
+                put(UnitDone(unit, result))
+                if cancel.is_set():  # a unit that finished just as Cancel was pressed is kept
+                    raise Cancelled()
+        put(Finished(units=tuple(finished)))
     except Cancelled:
-        put(Finished(cancelled=True, slices=tuple(finished)))
+        put(Finished(cancelled=True, units=tuple(finished)))
     except Exception as e:  # noqa: BLE001 - reported to the user, never lost in the thread
-        put(Finished(error=error_message(e, request.device), slices=tuple(finished)))
+        put(Finished(error=error_message(e, job.request.options.device), units=tuple(finished)))
 
 
-def restore_updates(image, request: RestoreRequest, cancel: threading.Event) -> Iterator[Update]:
-    """Yield Progress / ModelReady / SliceDone updates, then one Finished, for a restore of
-    ``image`` (2D or a stack; numpy, dask or zarr). Set ``cancel`` to stop early."""
-    yield from updates_from(_produce, (image, request, cancel), cancel, progress=Progress, final=Finished,
+def restore_updates(image, job: WidgetJob, cancel: threading.Event) -> Iterator[Update]:
+    """Yield ModelReady, Progress and UnitDone updates (streamed: StoreReady, Progress in chunks,
+    ChunkWritten), then one Finished, for a restore of ``image`` (numpy, dask or zarr). Set
+    ``cancel`` to stop early; closing the generator cancels too."""
+    yield from updates_from(_produce, (image, job, cancel), cancel, progress=Progress, final=Finished,
                             name="emdiffuse-restore")

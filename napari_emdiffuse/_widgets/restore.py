@@ -7,21 +7,23 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, RadioButtons
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..requests import RestoreRequest, SamplingOptions
 from ._checks import layer_problem, model_problem
+from ._controls import default_spin, heading
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
 from ._result_store import bind_store, store_field, stream_status
 from ._results import ResultLayers, find_results, image_choices, layer_uid, source_array
 from ._run_panel import RunPanel
-from ._state import MODEL_DEFAULT, SCOPES, TASKS, RestoreSettings, RunState, UncertaintyView, bind
-from ._stream_worker import ChunkWritten, StoreReady, StreamRequest, is_lazy, scratch_store, stream_updates
+from ._state import MODEL_DEFAULT, SCOPES, RestoreSettings, RunState, UncertaintyView, bind, task_choices
 from ._streamed import StreamedLayers
 from ._threading import start_worker, wait_while
 from ._uncertainty_panel import UncertaintyPanel
-from ._worker import Finished, ModelReady, Progress, RestoreRequest, SliceDone, restore_updates
+from ._worker import (ChunkWritten, Finished, ModelReady, Progress, StoreReady, UnitDone, WidgetJob, is_lazy,
+                      restore_updates, scratch_store)
 
 if TYPE_CHECKING:
     import napari
@@ -29,17 +31,6 @@ if TYPE_CHECKING:
 
 ESTIMATE_HELP = {"posterior_mean": "the network's estimate of the mean (sharpest PSNR, no sampling noise)",
                  "sample_mean": "the mean of the diffusion samples (EMDiffuse's)"}
-
-
-def _default_spin(label: str, maximum: int, tooltip: str, step: int = 1) -> SpinBox:
-    """A spin box where 0 stands for the model card's value."""
-    return SpinBox(label=label, min=0, max=maximum, step=step, tooltip=f"{tooltip} (0: the model's default)")
-
-
-def _heading(text: str) -> Label:
-    label = Label(value=f"<b>{text}</b>")
-    label.native.setTextFormat(1)  # Qt.RichText
-    return label
 
 
 class RestoreWidget(Container):
@@ -54,25 +45,25 @@ class RestoreWidget(Container):
                               tooltip="2D image or Z stack; dask- and zarr-backed layers are read slice by slice")
         self.scope = RadioButtons(label="restore", choices=SCOPES, orientation="horizontal")
         self.store = store_field("layers")
-        self.task = ComboBox(label="task", choices=list(TASKS.items()))
+        self.task = ComboBox(label="task", choices=lambda _w: task_choices("restore"))
         self.model = ModelPicker(self.settings)
-        self.samples = _default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
-        self.steps = _default_spin("steps", 1000, "sampler steps per sample")
+        self.samples = default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
+        self.steps = default_spin("steps", 1000, "sampler steps per sample")
         self.sampler = ComboBox(label="sampler", choices=lambda _w: list(self.env.samplers))
         self.estimate = ComboBox(label="estimate", choices=[MODEL_DEFAULT, *ESTIMATE_HELP],
                                  tooltip="; ".join(f"{k}: {v}" for k, v in ESTIMATE_HELP.items()))
-        self.ensemble = _default_spin("ensemble", 8, "posterior_mean: rotations/flips of the input averaged")
-        self.tile = _default_spin("tile size", 4096, "tile edge in pixels; smaller tiles use less memory", step=32)
+        self.ensemble = default_spin("ensemble", 8, "posterior_mean: rotations/flips of the input averaged")
+        self.tile = default_spin("tile size", 4096, "tile edge in pixels; smaller tiles use less memory", step=32)
         self.device = ComboBox(label="device", choices=lambda _w: list(self.env.devices))
         self.run = RunPanel(self.run_state)
         self.uncertainty = UncertaintyPanel(viewer, self.view)
         super().__init__(widgets=[
-            _heading("Input"), self.image, self.scope, self.store,
-            _heading("Model"), self.task, self.model,
-            _heading("Sampling (0: the model's default)"), self.samples, self.steps, self.sampler,
+            heading("Input"), self.image, self.scope, self.store,
+            heading("Model"), self.task, self.model,
+            heading("Sampling (0: the model's default)"), self.samples, self.steps, self.sampler,
             self.estimate, self.ensemble, self.tile, self.device,
             self.run,
-            _heading("Uncertainty"), self.uncertainty,
+            heading("Uncertainty"), self.uncertainty,
         ])
         for name in ("scope", "task", "samples", "steps", "sampler", "estimate", "ensemble", "tile", "device"):
             bind(getattr(self, name), self.settings, name)
@@ -129,31 +120,29 @@ class RestoreWidget(Container):
             show_error(problem)
             return
         s = self.settings
-        options = dict(model=s.model, task=s.task, samples=s.samples or None, steps=s.steps or None,
-                       sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
-                       estimate=None if s.estimate == MODEL_DEFAULT else s.estimate, ensemble=s.ensemble or None,
-                       device=s.device, seed=s.seed, threshold=self.view.threshold)
+        options = SamplingOptions(samples=s.samples or None, steps=s.steps or None,
+                                  sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
+                                  estimate=None if s.estimate == MODEL_DEFAULT else s.estimate,
+                                  ensemble=s.ensemble or None, device=s.device, seed=s.seed)
         show = {"std": self.view.show_std, "aleatoric": self.view.show_aleatoric, "mask": self.view.show_mask}
         alive = lambda: not self._closed()  # noqa: E731
         if self._streams(layer):
-            output = s.store or str(scratch_store(layer.name, s.task))
             # The store's own mask uses the card's threshold, so a re-run resumes whatever the
             # slider says; the mask layer follows the slider (computed from the std as it is read).
-            request = StreamRequest(**{**options, "threshold": None}, output=output, scratch=not s.store)
+            job = WidgetJob(RestoreRequest(s.task, s.model, options), output=s.store or str(scratch_store(layer.name, s.task)),
+                            scratch=not s.store)
             self._results = StreamedLayers(self.viewer, layer, lambda: self.view.threshold, show, alive=alive)
-            job = stream_updates
         else:
             slices = self._slices(layer)
-            request = RestoreRequest(**options, slices=slices)
+            job = WidgetJob(RestoreRequest(s.task, s.model, options, threshold=self.view.threshold, units=slices))
             self._results = ResultLayers(self.viewer, layer, slices or [0], lambda: self.view.threshold, show,
                                          on_placed=self._results_placed, alive=alive)
-            job = restore_updates
         self._outcome = None
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self.run_state.update(running=True, cancelling=False, done=0, total=0,
                               status=f"loading {s.model.rsplit('/', 1)[-1]}…")
-        self._worker = self._start_worker(job, source_array(layer), request, self._cancel,
+        self._worker = self._start_worker(restore_updates, source_array(layer), job, self._cancel,
                                           cancel=self._cancel, yielded=self._on_update)
 
     def cancel(self) -> None:
@@ -197,8 +186,8 @@ class RestoreWidget(Container):
             if update.threshold is not None and self._threshold_from != self.settings.model:
                 self._threshold_from = self.settings.model
                 self.view.threshold = float(update.threshold)
-        elif isinstance(update, SliceDone):
-            self._results.add_slice(update.z, update.result)
+        elif isinstance(update, UnitDone):
+            self._results.add_slice(update.unit, update.result)
             if self._results.placed:
                 self.uncertainty.update_readout()
         elif isinstance(update, Finished):
@@ -224,7 +213,7 @@ class RestoreWidget(Container):
         update = self._outcome
         if isinstance(self._results, StreamedLayers):
             return self._complete_stream(update)
-        kept = len(update.slices)
+        kept = len(update.units)
         if update.error:
             status = f"failed after {kept} slice(s)" if kept else "failed"
             show_error(update.error)

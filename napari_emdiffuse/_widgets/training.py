@@ -14,13 +14,15 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, RadioButtons, SpinBox)
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..tasks import all_tasks, get_task
 from ..training.presets import PRESETS, SUGGESTED
 from ._environment import Environment
 from ._model_picker import ModelPicker
+from ._controls import heading
 from ._state import bind
 from ._threading import start_worker, wait_while
 from .training_plot import LossPlot
-from .training_state import FINE_TUNE, NEW, SOURCES, TASKS, TrainingRun, TrainingSettings
+from .training_state import FINE_TUNE, NEW, SOURCES, TrainingRun, TrainingSettings, trainable_tasks
 from .training_worker import (Finished, Started, TrainRequest, probe_for_training, registration_summary,
                               train_updates)
 
@@ -29,18 +31,11 @@ if TYPE_CHECKING:
 
 PREVIEW_LAYER = "training preview (input | estimate | target)"
 IMAGE_FILTER = "Images (*.tif *.tiff *.zarr)"
-# The inputs each task needs: (key of the data builder, label); layers and files alike.
-INPUTS = {
-    "denoise": (("noisy", "noisy image"), ("clean", "clean image")),
-    "superres": (("high_res", "high-res image"),),
-    "isotropic": (("volume", "volume"),),
-}
 
 
-def _heading(text: str) -> Label:
-    label = Label(value=f"<b>{text}</b>")
-    label.native.setTextFormat(1)  # Qt.RichText
-    return label
+def _all_inputs() -> dict[str, str]:
+    """Every registered task's training inputs (data-builder key -> label); layers and files alike."""
+    return {key: label for task in all_tasks() for key, label in task.training_inputs}
 
 
 def default_run_dir(task: str) -> str:
@@ -67,12 +62,12 @@ class TrainingWidget(Container):
         self.env = Environment()
 
         # ---- data
-        self.task = ComboBox(label="task", choices=list(TASKS.items()))
+        self.task = ComboBox(label="task", choices=lambda _w: trainable_tasks())
         self.source = RadioButtons(label="from", choices=SOURCES, orientation="horizontal")
         self.layer_pickers = {key: ComboBox(label=label, choices=self._image_choices, nullable=True)
-                              for key, label in {k: l for pairs in INPUTS.values() for k, l in pairs}.items()}
+                              for key, label in _all_inputs().items()}
         self.file_pickers = {key: FileEdit(label=label, mode="r", filter=IMAGE_FILTER)
-                             for key, label in {k: l for pairs in INPUTS.values() for k, l in pairs}.items()}
+                             for key, label in _all_inputs().items()}
         self.register = CheckBox(text="align misregistered pairs",
                                  tooltip="a pair found misregistered is aligned before training: a global shift "
                                          "(phase correlation), then non-rigid optical flow")
@@ -114,10 +109,10 @@ class TrainingWidget(Container):
         self.plot = LossPlot()
 
         super().__init__(widgets=[
-            _heading("Data"), self.task, self.source, *self.layer_pickers.values(), *self.file_pickers.values(),
+            heading("Data"), self.task, self.source, *self.layer_pickers.values(), *self.file_pickers.values(),
             self.register, self.check_button, self.scale, self.z_factor, self.anisotropic,
-            _heading("Model"), self.start_choice, self.preset, self.model,
-            _heading("Training"), self.patch, self.batch_size, self.steps, self.lr, self.device, self.run_dir,
+            heading("Model"), self.start_choice, self.preset, self.model,
+            heading("Training"), self.patch, self.batch_size, self.steps, self.lr, self.device, self.run_dir,
             buttons, self.progress, self.status,
         ])
         self.native.layout().addWidget(self.plot.widget)
@@ -185,14 +180,15 @@ class TrainingWidget(Container):
 
     def _show_choices(self, *_) -> None:
         s = self.settings
-        wanted = {key for key, _ in INPUTS[s.task]}
+        task = get_task(s.task)
+        wanted = {key for key, _ in task.training_inputs}
         for key, picker in self.layer_pickers.items():
             picker.visible = key in wanted and s.source == "layers"
         for key, picker in self.file_pickers.items():
             picker.visible = key in wanted and s.source == "files"
-        self.register.visible = self.check_button.visible = s.task == "denoise"
-        self.scale.visible = s.task == "superres"
-        self.z_factor.visible = self.anisotropic.visible = s.task == "isotropic"
+        for name in ("register", "scale", "z_factor", "anisotropic"):  # the options each task declares
+            getattr(self, name).visible = name in task.training_options
+        self.check_button.visible = "register" in task.training_options
         self.preset.visible = s.start == NEW
         self.model.visible = s.start == FINE_TUNE
 
@@ -206,7 +202,7 @@ class TrainingWidget(Container):
             self.run_dir.value = value
 
     def _show_buttons(self, *_) -> None:
-        from ..training.runs import has_state
+        from ..run_folder import has_state
 
         r = self.run_state
         resumable = bool(self.settings.run_dir) and has_state(self.settings.run_dir)
@@ -233,8 +229,9 @@ class TrainingWidget(Container):
     def _inputs(self) -> dict | str:
         """The data builder's arguments from the chosen layers or files, or why there are none."""
         s = self.settings
+        task = get_task(s.task)
         inputs = {}
-        for key, label in INPUTS[s.task]:
+        for key, label in task.training_inputs:
             if s.source == "layers":
                 layer = self.layer_pickers[key].value
                 if layer is None:
@@ -247,12 +244,7 @@ class TrainingWidget(Container):
                 if path is None or str(path) in ("", "."):
                     return f"choose the {label} file (TIFF or zarr)"
                 inputs[key] = str(path)
-        if s.task == "denoise":
-            inputs["register"] = s.register
-        elif s.task == "superres":
-            inputs["scale"] = s.scale
-        else:
-            inputs.update(z_factor=s.z_factor, anisotropic=s.anisotropic)
+        inputs.update({name: getattr(s, name) for name in task.training_options})
         return inputs
 
     def _request(self, resume: bool) -> TrainRequest | str:
@@ -358,7 +350,8 @@ class TrainingWidget(Container):
 
     def check_registration(self) -> None:
         """Report, in a notification, how well the clean image sits on the noisy one."""
-        inputs = self._inputs() if self.settings.task == "denoise" else "registration applies to denoising pairs"
+        inputs = (self._inputs() if "register" in get_task(self.settings.task).training_options
+                  else "registration applies to denoising pairs")
         if isinstance(inputs, str):
             show_error(inputs)
             return

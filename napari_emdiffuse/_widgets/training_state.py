@@ -5,7 +5,13 @@ from dataclasses import dataclass
 
 from psygnal import evented
 
-TASKS = {"denoise": "denoise", "super-resolution": "superres", "isotropic reconstruction": "isotropic"}
+from ..tasks import all_tasks
+
+
+def trainable_tasks() -> list[tuple[str, str]]:
+    """(label, task) of the registered tasks that can be trained."""
+    return [(task.label, task.name) for task in all_tasks() if task.training_inputs]
+
 SOURCES = ("layers", "files")
 NEW, FINE_TUNE = "new model", "fine-tune a model"
 

@@ -1,19 +1,12 @@
-"""The ``emdiffuse`` command line. Each subcommand lives in its own module of this package,
-exposing ``add_parser(subparsers)`` (which sets ``func``) ; modules are imported lazily."""
+"""The ``emdiffuse`` command line: ``models``, one restoring subcommand per registered task
+(denoise, superres, isotropic, ...: :mod:`.restore_cmd`) and ``train``. Each module exposes
+``add_parser(subparsers)`` (which sets ``func``)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# subcommand -> module in this package
-SUBCOMMANDS = {
-    "models": "models_cmd",
-    "denoise": "denoise_cmd",
-    "superres": "superres_cmd",
-    "isotropic": "isotropic_cmd",
-    "train": "train_cmd",
-}
+from . import models_cmd, restore_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,18 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffusion-model restoration of EM images with per-pixel uncertainty.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    seen = set()
-    for module in SUBCOMMANDS.values():
-        if module in seen:
-            continue
-        seen.add(module)
-        try:
-            mod = importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{module}":  # not written yet
-                continue
-            raise
-        mod.add_parser(sub)
+    models_cmd.add_parser(sub)
+    restore_cmd.add_parsers(sub)
+    train_cmd.add_parser(sub)
     return parser
 
 

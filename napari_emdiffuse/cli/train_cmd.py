@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 
+from ..tasks import all_tasks, get_task
 from .common import EXIT_INTERRUPTED, handle_errors, positive_int
 
 PRESET_NAMES = ("tiny", "small", "base")
@@ -69,50 +70,17 @@ def add_parser(subparsers) -> None:
                     "model card and weights that --model RUN_DIR takes everywhere, and the training state "
                     "that --resume continues exactly. Ctrl-C stops after the current step and saves.")
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-
-    p = tasks.add_parser("denoise", help="from noisy / clean pairs of the same field",
-                         description="Train a denoiser on noisy (fast scan) / clean (slow scan) pairs. Each pair's "
-                                     "registration is checked; --register aligns a misregistered pair.")
-    p.add_argument("--input", nargs="+", required=True, metavar="NOISY", help="noisy images (TIFF or zarr, 2D or stacks)")
-    p.add_argument("--target", nargs="+", required=True, metavar="CLEAN", help="clean images, in the same order")
-    p.add_argument("--register", action="store_true",
-                   help="align misregistered pairs (global shift by phase correlation, then optical flow)")
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip the registration check")
-    p.add_argument("--extra-noise", type=float, default=0.0, metavar="S",
-                   help="also train on inputs with up to S more Gaussian noise (normalised units), for faster scans")
-    _add_common(p)
-    p.set_defaults(func=run)
-
-    p = tasks.add_parser("superres", help="from high-resolution images (the input is made by binning)",
-                         description="Train a super-resolution model on high-resolution images: the "
-                                     "low-resolution input is their SCALE x SCALE binning.")
-    p.add_argument("--target", nargs="+", required=True, metavar="HR", help="high-resolution images (TIFF or zarr)")
-    p.add_argument("--scale", type=positive_int, default=2, metavar="S", help="upscaling factor (default: 2)")
-    _add_common(p)
-    p.set_defaults(func=run)
-
-    p = tasks.add_parser("isotropic", help="from a volume (isotropic, or the anisotropic one itself)",
-                         description="Train an isotropic-reconstruction model (vEMDiffuse) that generates the "
-                                     "F-1 slices between two acquired ones. By default VOLUME is isotropic and its "
-                                     "z planes are subsampled; with --anisotropic it is the anisotropic volume "
-                                     "itself, resliced so a lateral axis plays z.")
-    p.add_argument("--volume", required=True, metavar="V", help="the volume (Z, Y, X), TIFF or zarr")
-    p.add_argument("--z-factor", type=positive_int, required=True, metavar="F",
-                   help="output slices per acquired slice spacing (e.g. 5 for 50 nm sections at 10 nm pixels)")
-    p.add_argument("--anisotropic", action="store_true",
-                   help="VOLUME is the anisotropic volume itself (vEMDiffuse-a route)")
-    _add_common(p)
-    p.set_defaults(func=run)
+    for task in all_tasks():
+        if not task.training_inputs:
+            continue
+        p = tasks.add_parser(task.name, help=task.training_summary, description=task.training_description)
+        task.add_training_arguments(p)
+        _add_common(p)
+        p.set_defaults(func=run)
 
 
 def _inputs(args: argparse.Namespace) -> dict:
-    common = {"val_fraction": args.val_fraction}
-    if args.task == "denoise":
-        return {**common, "noisy": args.input, "clean": args.target, "register": args.register,
-                "check": args.check, "extra_noise": args.extra_noise}
-    if args.task == "superres":
-        return {**common, "high_res": args.target, "scale": args.scale}
-    return {**common, "volume": args.volume, "z_factor": args.z_factor, "anisotropic": args.anisotropic}
+    return {"val_fraction": args.val_fraction, **get_task(args.task).training_arguments(args)}
 
 
 def _settings(args: argparse.Namespace) -> dict:

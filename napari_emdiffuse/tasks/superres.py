@@ -1,11 +1,13 @@
-"""2D super-resolution: training pairs from high-resolution images, the bicubic baseline, and
-inference through the tiled restore core (which conditions on the bicubic upsampling of the
-normalised low-resolution image, exactly as :func:`upsample` does here)."""
+"""Super-resolution of 2D images and stacks, slice by slice: the network is conditioned on the
+bicubic upsampling of the normalised low-resolution plane, and trained on high-resolution images
+whose ``scale`` x ``scale`` mean binning plays the low-resolution input."""
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 
-from ..normalize import Normalizer
+from .base import Geometry, Task, positive_int
 
 
 def crop_to_multiple(image: np.ndarray, factor: int) -> np.ndarray:
@@ -24,11 +26,11 @@ def bin_mean(image, factor: int = 2) -> np.ndarray:
 
 def upsample(image, scale: int) -> np.ndarray:
     """Bicubic upsampling of the last two axes by ``scale`` (float32), the model's condition."""
-    import torch
+    import torch  # lazily: the task registry stays light for the widgets
     import torch.nn.functional as F
 
     image = np.asarray(image, dtype=np.float32)
-    t = torch.from_numpy(image.reshape(-1, 1, *image.shape[-2:]))
+    t = torch.from_numpy(np.ascontiguousarray(image).reshape(-1, 1, *image.shape[-2:]))
     with torch.no_grad():
         up = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)
     return up.numpy().reshape(*image.shape[:-2], *up.shape[-2:])
@@ -37,42 +39,59 @@ def upsample(image, scale: int) -> np.ndarray:
 def bicubic_baseline(low_res, scale: int, dtype=None) -> np.ndarray:
     """The baseline a model must beat: bicubic upsampling, clipped to the input's range."""
     low_res = np.asarray(low_res)
-    up = upsample(low_res, scale)
-    up = np.clip(up, float(low_res.min()), float(low_res.max()))
+    up = np.clip(upsample(low_res, scale), float(low_res.min()), float(low_res.max()))
     if dtype is not None and np.issubdtype(np.dtype(dtype), np.integer):
         return np.rint(up).astype(dtype)
     return up
-
-
-def training_pairs(high_res, scale: int = 2, low: float = 0.1, high: float = 99.9):
-    """(condition, target) arrays for :class:`~napari_emdiffuse.training.data.PatchPairs` from
-    high-resolution images (Y, X) or (N, Y, X): the low-resolution input is their ``scale`` x
-    ``scale`` mean binning. Both are normalised with the low-resolution image's percentiles, as
-    the restore core normalises its input at inference."""
-    hr = crop_to_multiple(np.asarray(high_res, dtype=np.float32), scale)
-    hr = hr[None] if hr.ndim == 2 else hr
-    lr = bin_mean(hr, scale)
-    norm = Normalizer.fit(lr, low, high)
-    condition = upsample(norm(lr), scale)[:, None]
-    target = norm(hr)[:, None]
-    return condition, target
 
 
 def model_scale(model) -> int:
     return int((model.card.get("superres") or {}).get("scale", 2))
 
 
-def superres(image, model, scale: int | None = None, **kwargs):
-    """Super-resolve a 2D image or a stack (slice by slice): :func:`restore.restore` with a
-    super-resolution model, whose output is ``scale`` times larger in Y and X (so a viewer
-    scales that layer by 1/scale to overlay the input). ``scale`` only checks the model's."""
-    from ..loading import load_model
-    from ..restore import restore
+class Superres(Task):
+    name = "superres"
+    label = "super-resolution"
+    default_model = "superres-sstem"
+    summary = "super-resolve a 2D image or a stack (TIFF or zarr) x2"
+    description = ("Super-resolve a 2D EM image or a (Z, Y, X) stack slice by slice: OUTPUT has SCALE times more "
+                   "pixels in Y and X and a pixel size SCALE times smaller. With 2 or more samples the "
+                   "per-pixel standard deviation is written next to OUTPUT as OUTPUT_std.")
+    trained_description = "super-resolution model trained on the user's high-resolution images"
+    training_summary = "from high-resolution images (the input is made by binning)"
+    training_description = ("Train a super-resolution model on high-resolution images: the low-resolution input is "
+                            "their SCALE x SCALE binning.")
+    training_inputs = (("high_res", "high-res image"),)
+    training_options = ("scale",)
 
-    if not hasattr(model, "card"):
-        model = load_model(model, task="superres")
-    model.require_task("superres")
-    if scale is not None and int(scale) != model_scale(model):
-        raise ValueError(f"model {model.name!r} super-resolves x{model_scale(model)}, not x{scale} — "
-                         f"pass --scale {model_scale(model)} or choose a x{scale} model")
-    return restore(image, model, task="superres", **kwargs)
+    def geometry(self, model, scale: int | None = None, **_) -> Geometry:
+        trained = model_scale(model)
+        if scale is not None and int(scale) != trained:
+            raise ValueError(f"model {model.name!r} super-resolves x{trained}, not x{scale} — "
+                             f"pass --scale {trained} or choose a x{scale} model")
+        return Geometry(scale=trained)
+
+    def condition(self, model, plane: np.ndarray, geometry: Geometry) -> np.ndarray:
+        return upsample(plane[None, None], geometry.scale)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--scale", type=positive_int, default=None, metavar="S",
+                            help="upscaling factor; must be the model's (default: the model's, 2 for the bundled one)")
+
+    def params(self, args: argparse.Namespace) -> dict:
+        return {"scale": args.scale}
+
+    def add_training_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--target", nargs="+", required=True, metavar="HR", help="high-resolution images (TIFF or zarr)")
+        parser.add_argument("--scale", type=positive_int, default=2, metavar="S", help="upscaling factor (default: 2)")
+
+    def training_arguments(self, args: argparse.Namespace) -> dict:
+        return {"high_res": args.target, "scale": args.scale}
+
+    def training_data(self, normalization: dict | None = None, **inputs):
+        from ..training.datasets import superres_data  # lazily: training brings torch, the registry stays light
+
+        return superres_data(normalization=normalization, **inputs)
+
+
+SUPERRES = Superres()

@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from ..io import check_image, read_image
 from ..model import DEFAULT_NORMALIZATION
 from ..normalize import Normalizer
-from .data import PatchPairs, PatchSet, patch_set
+from ..tasks.isotropic import check_volume
+from .data import PatchPairs, PatchSet, augment, patch_set
+from .pairs import planes_along, slice_triplets, training_pairs
 from .registration import Registration, check_pair, register_pair
 
 GAP = 16  # pixels between the training and the validation region
@@ -58,8 +62,6 @@ class TrainingData:
 # ---- inputs ------------------------------------------------------------------------------------
 def as_array(image, name: str = "the image") -> np.ndarray:
     """An image given as an array or a path (TIFF or zarr), checked, as a numpy array."""
-    from ..io import check_image, read_image
-
     if isinstance(image, (str, os.PathLike)):
         name = Path(image).name
         image = read_image(image)
@@ -183,8 +185,6 @@ def superres_data(high_res, *, scale: int = 2, patch: int = 128, val_fraction: f
                   normalization: dict | None = None, intensity_jitter: float = 0.0) -> TrainingData:
     """High-resolution images (arrays or paths, 2D or stacks, one or a list): the condition is
     the bicubic upsampling of their ``scale`` x ``scale`` binning, the target the image itself."""
-    from ..tasks.superres import training_pairs
-
     norm = {**DEFAULT_NORMALIZATION, **(normalization or {})}
     scale = int(scale)
     if scale < 2:
@@ -211,7 +211,7 @@ class SlicePatches:
     """vEMDiffuse examples cut lazily from normalised planes (N, H, W), so a large volume is never
     copied once per example: a random anchor plane a (planes taken in either order), a random
     intermediate offset and a random crop; condition, target and slice index as
-    :func:`napari_emdiffuse.tasks.isotropic.slice_triplets` defines them."""
+    :func:`.pairs.slice_triplets` defines them."""
 
     def __init__(self, planes: np.ndarray, z_factor: int, patch: int = 128, both_directions: bool = True):
         self.planes, self.z_factor, self.both_directions = planes, int(z_factor), both_directions
@@ -224,11 +224,6 @@ class SlicePatches:
             raise ValueError(f"planes of {h}x{w} pixels are too small to train on: at least 16x16 needed")
 
     def draw(self, batch: int, rng: np.random.Generator) -> dict:
-        import torch
-
-        from ..tasks.isotropic import slice_triplets
-        from .data import augment
-
         f, p = self.z_factor, self.patch
         n, h, w = self.planes.shape
         conds, targets, index = [], [], []
@@ -258,11 +253,9 @@ def isotropic_data(volume, *, z_factor: int, anisotropic: bool = False, lateral_
     subsampled by ``z_factor``, are the examples (vEMDiffuse-i). Anisotropic route: it is the
     anisotropic volume itself, resliced along ``lateral_axis`` so a fine lateral axis plays z
     (vEMDiffuse-a). The validation region is a band of the planes' longer axis."""
-    from ..tasks.isotropic import check_volume, planes_along
-
     route = "anisotropic" if anisotropic else "isotropic"
     vol = as_array(volume, "the volume")
-    check_volume(vol, z_factor)
+    check_volume(vol.shape, z_factor)
     planes = planes_along(vol, route, lateral_axis)
     planes = _normalizer(planes, normalization)(planes)  # the whole volume's percentiles, as at inference
     axis = _split_axis(planes.shape)

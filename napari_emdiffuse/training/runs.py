@@ -7,48 +7,18 @@ half-replaced weights.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
-CARD_NAME, WEIGHTS_NAME, STATE_NAME = "card.yaml", "weights.pt", "state.pt"
-NEXT_WEIGHTS_NAME = "weights.next.pt"  # the second slot used while weights.pt is replaced
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)  # mkstemp makes the file private; the result gets what the umask allows
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from ..files import atomic_write, sha256_of
+from ..run_folder import CARD_NAME, NEXT_WEIGHTS_NAME, STATE_NAME, WEIGHTS_NAME, has_state, is_run_folder
 
 
 def save_torch(obj, path: Path) -> None:
-    import torch  # lazily: the widgets ask about run folders without loading torch
-
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -96,10 +66,5 @@ def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
     return leftovers
 
 
-def has_state(folder: str | os.PathLike) -> bool:
-    """A run that can be resumed (holds the training state, not just a model)."""
-    return (Path(folder) / STATE_NAME).is_file()
-
-
-def is_run_folder(path: str | os.PathLike) -> bool:
-    return (Path(path) / CARD_NAME).is_file()
+__all__ = ["CARD_NAME", "WEIGHTS_NAME", "STATE_NAME", "has_state", "is_run_folder", "save_card", "save_model",
+           "save_torch", "remove_partial_writes"]

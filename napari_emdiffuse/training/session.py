@@ -2,25 +2,26 @@
 the same way for the command line and the napari widget: new, fine-tuned or resumed."""
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
+from ..loading import load_model, read_card
+from ..model import RestorationModel, model_from_card
+from ..run_folder import CARD_NAME
+from ..tasks import get_task
 from . import runs
-from .datasets import TrainingData, denoise_data, isotropic_data, superres_data
-from .presets import SUGGESTED, run_model, start_model
+from .datasets import TrainingData
+from .presets import SUGGESTED, new_card
 from .trainer import TrainConfig, Trainer, TrainUpdate
-
-BUILDERS = {"denoise": denoise_data, "superres": superres_data, "isotropic": isotropic_data}
-TASKS = tuple(BUILDERS)
 
 
 def build_data(task: str, normalization: dict | None = None, **inputs) -> TrainingData:
-    """``inputs``: denoise: noisy, clean (+ register, check, ...); superres: high_res (+ scale);
-    isotropic: volume, z_factor (+ anisotropic); all: patch, val_fraction, ..."""
-    if task not in BUILDERS:
-        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    return BUILDERS[task](**inputs, normalization=normalization)
+    """The registered task's training data. ``inputs``: denoise: noisy, clean (+ register,
+    check, ...); superres: high_res (+ scale); isotropic: volume, z_factor (+ anisotropic); all:
+    patch, val_fraction, ..."""
+    return get_task(task).training_data(normalization=normalization, **inputs)
 
 
 def default_config(preset: str, **overrides) -> TrainConfig:
@@ -50,8 +51,6 @@ def prepare(task: str, run_dir: str | Path, inputs: dict, *, preset: str = "tiny
     TrainConfig fields (None = default); ``patch`` may be among them. ``base`` (a preset name,
     model card, run folder or EMDiffuse checkpoint) is fine-tuned; ``resume`` continues the run
     in ``run_dir`` with its stored settings, changed only where ``settings`` says so."""
-    from ..loading import load_model
-
     run_dir = Path(run_dir)
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     patch = settings.pop("patch", None)
@@ -82,3 +81,26 @@ def prepare(task: str, run_dir: str | Path, inputs: dict, *, preset: str = "tiny
     if resume:
         trainer.resume()
     return trainer, data
+
+
+def start_model(data, preset: str = "tiny", base=None, name: str | None = None):
+    """The model a run trains: a new one of size ``preset``, or ``base`` (a loaded
+    RestorationModel, e.g. from ``load_model``) to fine-tune. ``data`` is a TrainingData."""
+    if base is None:
+        card = new_card(data.task, preset, name, data.condition_channels, data.slice_embedding)
+        card.update(copy.deepcopy(data.card))
+        card["training"] = {"data": data.info}
+        return model_from_card(card)
+    base.require_task(data.task)
+    card = {k: copy.deepcopy(v) for k, v in base.card.items() if k not in ("weights", "training", "evaluation")}
+    card.update(copy.deepcopy(data.card))
+    card["name"] = name or f"{base.name}-finetuned"
+    card["description"] = f"{base.card.get('description', base.name)} Fine-tuned on the user's data."
+    card["training"] = {"data": data.info, "fine_tuned_from": base.source or base.name}
+    return RestorationModel(card=card, network=base.network, source=base.source)
+
+
+def run_model(run_dir):
+    """The model of an existing run folder, to resume: its card's network (the training state
+    then restores every weight)."""
+    return model_from_card(read_card(Path(run_dir) / CARD_NAME))

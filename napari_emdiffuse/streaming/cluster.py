@@ -3,7 +3,7 @@
 Each task opens the input and the output stores itself and writes its chunk directly, so only
 the job description and the model travel: a model given as an object is sent to every worker
 once (scattered), a model given by name or path is loaded once per worker process. Results are
-identical to a local run (:mod:`.streaming` explains why), whichever worker runs which chunk.
+identical to a local run (:mod:`.` explains why), whichever worker runs which chunk.
 """
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import socket
 import time
 from typing import Callable
 
-from .streaming import ChunkDone, StreamJob, open_source, restore_chunk
+from distributed import Client, as_completed, get_worker
+
+from ..loading import load_model
+from ..model import RestorationModel
+from ..tiling import Cancelled
+from .chunks import ChunkDone, StreamJob, open_source, restore_chunk
 
 CONNECT_TIMEOUT = "20s"
 IN_FLIGHT_PER_THREAD = 2  # tasks queued per worker thread
@@ -22,8 +27,6 @@ __all__ = ["connect", "run_on_cluster"]
 
 def connect(cluster):
     """A Client for a scheduler address (``tcp://host:8786``) or the Client/cluster given."""
-    from distributed import Client
-
     if isinstance(cluster, Client):
         return cluster, False
     address = getattr(cluster, "scheduler_address", cluster)
@@ -38,8 +41,6 @@ def connect(cluster):
 @functools.lru_cache(maxsize=2)
 def _model_on_worker(reference: str, task: str):
     """A model named by preset, card or path, loaded once per worker process."""
-    from .loading import load_model
-
     return load_model(reference, task=task)
 
 
@@ -55,8 +56,6 @@ def _restore_chunk_task(job: StreamJob, index, model) -> ChunkDone:
     done = restore_chunk(job, index, model, _source_on_worker(job.source))
     done.worker = socket.gethostname()
     try:
-        from distributed import get_worker
-
         done.worker = get_worker().address
     except ValueError:  # not on a worker (a synchronous test client)
         pass
@@ -69,11 +68,6 @@ def run_on_cluster(job: StreamJob, indices, model, cluster, on_chunk: Callable[[
     finishes. Returns the number of workers that ran chunks. ``model`` is a RestorationModel
     (scattered to the workers) or a name/path each worker loads. Tasks wait in the scheduler
     until workers join (a batch system may start them later)."""
-    from distributed import as_completed
-
-    from .model import RestorationModel
-    from .tiling import Cancelled
-
     if job.source is None:
         raise ValueError("a cluster run needs the input as a zarr or TIFF file the workers can read, "
                          "not an in-memory array — save it first (e.g. to .zarr)")

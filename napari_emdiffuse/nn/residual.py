@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nn.unet import UNet
+from .unet import UNet
 
 
 class ResidualUNet(UNet):

@@ -1,31 +1,22 @@
-"""The OME-Zarr result store of a streamed run: its layout (OUTPUT and its _std / _aleatoric /
-_mask siblings, one stored object per chunk), the manifest that decides whether a run may resume,
-the done markers, and the lazy readers a viewer uses. :mod:`.streaming` fills it."""
+"""The OME-Zarr result store of a streamed run: its layout (OUTPUT and its siblings, one per
+output field of :data:`~napari_emdiffuse.results.OUTPUTS`, one stored object per chunk), the
+manifest that decides whether a run may resume, the done markers, and the lazy readers a viewer
+uses. :mod:`.chunks` fills it."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import zarr
 
-if TYPE_CHECKING:
-    from .streaming import ChunkGrid, StreamJob
+from ..files import atomic_directory
+from ..io import image_format, read_voxel_size
+from ..results import BY_FIELD, output_dtype, output_paths
+from .lattice import ChunkGrid
 
 DONE = "emdiffuse_done"
 MANIFEST = "emdiffuse_stream"
-FIELDS = ("mean", "std", "aleatoric", "mask")
-TAGS = {"std": "std", "aleatoric": "aleatoric", "mask": "mask"}  # OUTPUT_<tag>.zarr, as the CLI
-
-
-def output_paths(output, fields=FIELDS) -> dict[str, Path]:
-    """OUTPUT and its siblings OUTPUT_std / _aleatoric / _mask, by result field."""
-    from .io import sibling_path
-
-    output = Path(output)
-    return {f: output if f == "mean" else sibling_path(output, TAGS[f]) for f in fields}
 
 
 def input_voxel_size(image):
@@ -34,8 +25,6 @@ def input_voxel_size(image):
     input is an array without a path."""
     if not isinstance(image, (str, os.PathLike)):
         return None, None
-    from .io import image_format, read_voxel_size
-
     if image_format(image) == "zarr":
         scale, units = read_ome_scale(image, with_units=True)
         return (scale, units) if scale is not None else (read_voxel_size(image), None)
@@ -46,8 +35,6 @@ def input_voxel_size(image):
 def read_ome_scale(path, with_units: bool = False):
     """The first dataset's scale from OME-Zarr (NGFF 0.4 or 0.5) multiscales metadata, or None;
     with ``with_units``, also the axes' units (None where the metadata has none)."""
-    import zarr
-
     attrs = dict(zarr.open(str(path), mode="r").attrs)
     multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
     scale, units = None, None
@@ -71,23 +58,7 @@ def ome_metadata(ndim: int, voxel_size, name: str, units=None) -> dict:
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]}
 
 
-def _output_voxel_size(voxel_size, grid: ChunkGrid, ndim: int):
-    if voxel_size is None:
-        return None
-    voxel_size = [float(v) for v in tuple(voxel_size)[-ndim:]]
-    if len(voxel_size) != ndim:
-        return None
-    factors = [grid.z_factor, grid.scale, grid.scale][-ndim:]
-    return [v / f for v, f in zip(voxel_size, factors)]
-
-
-def field_dtype(field_name: str, dtype: str):
-    return {"mean": np.dtype(dtype), "std": np.float32, "aleatoric": np.float32, "mask": np.uint8}[field_name]
-
-
 def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, voxel_size, units, name: str):
-    import zarr
-
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     shape, chunks = grid.out_shape[-ndim:], grid.out_chunks[-ndim:]
     group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
@@ -97,17 +68,18 @@ def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, voxel_size, uni
 
 
 def _read_manifest(path: Path) -> dict | None:
-    import zarr
-
     try:
         return dict(zarr.open_group(str(path), mode="r").attrs).get(MANIFEST)
     except Exception:  # not a zarr group (or not readable): no run to resume
         return None
 
 
-def prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, units, overwrite: bool,
-                     replace_other_runs: bool = False) -> None:
-    paths = job.paths()
+def prepare_outputs(output, fields, grid: ChunkGrid, ndim: int, dtype: str, manifest: dict, voxel_size, units,
+                    overwrite: bool, replace_other_runs: bool = False) -> None:
+    """Create OUTPUT and its siblings for ``fields`` (or, when they hold an unfinished run with
+    the same manifest, keep them to resume). ``replace_other_runs``: an emdiffuse run with other
+    settings at OUTPUT is replaced instead of refused; anything else there is always refused."""
+    paths = output_paths(output, fields)
     mean_path = paths["mean"]
     previous = _read_manifest(mean_path) if mean_path.exists() else None
     if replace_other_runs and previous is not None and previous != manifest:
@@ -124,37 +96,27 @@ def prepare_outputs(job: StreamJob, ndim: int, manifest: dict, voxel_size, units
         if missing:
             raise ValueError(f"{', '.join(missing)} missing from an unfinished run — delete {mean_path} to start again")
         return
-    out_voxel = _output_voxel_size(voxel_size, job.grid, ndim)
+    out_voxel = grid.geometry.output_voxel_size(None if voxel_size is None else tuple(voxel_size)[-ndim:])
     for name, path in paths.items():
         if name != "mean":
-            _create_image(path, job.grid, ndim, field_dtype(name, job.dtype), out_voxel, units,
-                          f"{mean_path.stem} {name}")
-    # The mean store appears complete, manifest and done markers included, or not at all.
-    mean_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=mean_path.parent, prefix=f".{mean_path.name}.", suffix=".tmp"))
-    try:
-        group = _create_image(tmp, job.grid, ndim, field_dtype("mean", job.dtype), out_voxel, units, mean_path.stem)
-        group.create_array(DONE, shape=job.grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+            _create_image(path, grid, ndim, output_dtype(name, dtype), out_voxel, units, f"{mean_path.stem} {name}")
+
+    def create_mean(tmp: Path) -> None:  # appears complete, manifest and done markers included, or not at all
+        group = _create_image(tmp, grid, ndim, output_dtype("mean", dtype), out_voxel, units, mean_path.stem)
+        group.create_array(DONE, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
         group.attrs[MANIFEST] = manifest
-        if mean_path.exists():
-            shutil.rmtree(mean_path)
-        os.replace(tmp, mean_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_directory(mean_path, create_mean)
 
 
 def finished_chunks(output) -> np.ndarray:
     """The done markers of a streamed OUTPUT: a uint8 array over the chunk lattice, 1 = finished."""
-    import zarr
-
     return zarr.open_array(str(output), path=DONE, mode="r")[...]
 
 
 def open_result(output, field_name: str = "mean"):
     """A streamed result as a lazy zarr array (OUTPUT or a sibling): what a viewer layer shows.
     Chunks not yet finished read as 0; re-read (``layer.refresh()``) when a chunk arrives."""
-    import zarr
-
     return zarr.open_array(str(output_paths(output, (field_name,))[field_name]), path="0", mode="r")
 
 
@@ -182,6 +144,6 @@ def result_layer_data(output, field_name: str = "mean") -> tuple:
         meta["scale"] = scale
     if lo is not None and field_name == "mean":
         meta["contrast_limits"] = (lo, hi)
-    elif lo is not None and field_name in ("std", "aleatoric"):
+    elif lo is not None and BY_FIELD[field_name].colour is not None:  # an uncertainty overlay
         meta["contrast_limits"] = (0.0, (hi - lo) / 4)  # a quarter of the span: strong uncertainty
-    return data, meta, "labels" if field_name == "mask" else "image"
+    return data, meta, BY_FIELD[field_name].layer

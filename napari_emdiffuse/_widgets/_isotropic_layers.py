@@ -1,0 +1,99 @@
+"""Result layers of an isotropic reconstruction: the isotropic volume (acquired slices filled in
+at once, generated ones as their gap finishes) and its std overlay, on the source's grid with
+the z scale divided by the z-factor, replacing the source's earlier ones; in memory or read from
+the OME-Zarr store a streamed run writes."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._results import KEY, layer_uid, source_array
+from ._streamed import StoreLayers
+
+
+class IsotropicLayers:
+    """The output layers: the isotropic volume (acquired slices filled in at once, generated
+    ones as their gap finishes) and its std overlay, on the source's grid with z scale / f."""
+
+    def __init__(self, viewer, source):
+        self.viewer, self.source = viewer, source
+        self.arrays: dict[str, np.ndarray] = {}
+        self.layers: dict = {}
+        self.z_factor = 0
+        self.gaps: list[int] = []
+
+    def add_unit(self, gap: int, result) -> None:
+        f = int(result.info["z_factor"])
+        if not self.layers:
+            self._create(result, f)
+        rows = slice(gap * f + 1, (gap + 1) * f)
+        self.arrays["isotropic"][rows] = result.mean
+        if "std" in self.arrays and result.std is not None:
+            self.arrays["std"][rows] = result.std
+        self.gaps.append(gap)
+        for layer in self.layers.values():
+            layer.refresh()
+
+    def _create(self, result, f: int) -> None:
+        volume = source_array(self.source)
+        n = volume.shape[0]
+        depth = (n - 1) * f + 1
+        mean = np.zeros((depth, *volume.shape[1:]), dtype=result.mean.dtype)
+        for i in range(n):
+            mean[i * f] = np.asarray(volume[i])
+        self.arrays["isotropic"] = mean
+        if result.std is not None:
+            self.arrays["std"] = np.zeros(mean.shape, dtype=np.float32)
+        self.z_factor = f
+        self.layers = add_isotropic_layers(self.viewer, self.source, f, mean, self.arrays.get("std"))
+
+    def finish(self) -> None:
+        if "std" in self.layers and self.gaps:
+            top = float(np.percentile(self.arrays["std"], 99.5))
+            self.layers["std"].contrast_limits = (0.0, max(top, 1e-6))
+
+
+class StreamedIsotropicLayers(StoreLayers):
+    """The output layers of a streamed reconstruction: lazy views of the OME-Zarr store being
+    written (acquired and generated slices), refreshed as each chunk is written."""
+
+    def __init__(self, viewer, source):
+        super().__init__()
+        self.viewer, self.source = viewer, source
+        self.z_factor = 0
+        self.output = ""
+
+    def open(self, output: str) -> None:
+        from ..streaming import result_layer_data, streamed_fields  # lazily: streaming brings torch
+
+        self.output = str(output)
+        fields = streamed_fields(output)
+        mean, meta = result_layer_data(output, "mean")[:2]
+        std = result_layer_data(output, "std")[0] if "std" in fields else None
+        n = source_array(self.source).shape[0]
+        self.z_factor = (mean.shape[0] - 1) // (n - 1)
+        self.layers = add_isotropic_layers(self.viewer, self.source, self.z_factor, mean, std)
+        if "std" in self.layers:  # still empty: limits from the run's intensity span
+            lo, hi = meta["contrast_limits"]
+            self.layers["std"].contrast_limits = (0.0, (hi - lo) / 8)
+
+
+def add_isotropic_layers(viewer, source, z_factor: int, mean, std=None) -> dict:
+    """The isotropic volume and its std overlay on the source's grid with z scale / z_factor,
+    replacing the source's earlier ones."""
+    uid, name = layer_uid(source), source.name
+    for layer in list(viewer.layers):
+        meta = layer.metadata.get(KEY) or {}
+        if meta.get("source") == uid and meta.get("role") in ("isotropic", "isotropic_std"):
+            viewer.layers.remove(layer)
+    scale = np.asarray(source.scale, dtype=float).copy()
+    scale[0] /= z_factor
+    common = {"scale": scale, "translate": np.asarray(source.translate, dtype=float),
+              "units": source.units, "axis_labels": source.axis_labels}
+    layers = {"isotropic": viewer.add_image(
+        mean, name=f"{name} isotropic", colormap="gray", contrast_limits=source.contrast_limits,
+        metadata={KEY: {"source": uid, "role": "isotropic", "z_factor": z_factor}}, **common)}
+    if std is not None:
+        layers["std"] = viewer.add_image(
+            std, name=f"{name} isotropic uncertainty (std)", colormap="inferno", blending="additive",
+            opacity=0.8, metadata={KEY: {"source": uid, "role": "isotropic_std"}}, **common)
+    return layers

@@ -1,0 +1,85 @@
+"""What a restore produces: :class:`RestoreResult` and the one table of its output fields
+(:data:`OUTPUTS`: file suffix, data type, how napari shows it, its value at acquired slices),
+which the CLI, the streamed result store and the widgets all read. numpy only (no torch)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+
+def sibling_path(path: str | os.PathLike, tag: str) -> Path:
+    """``out.tif`` -> ``out_std.tif`` (``out.ome.tif`` -> ``out_std.ome.tif``)."""
+    path = Path(path)
+    suffixes = path.suffixes[-2:] if len(path.suffixes) >= 2 and path.suffixes[-2].lower() == ".ome" else path.suffixes[-1:]
+    ext = "".join(suffixes)
+    return path.with_name(f"{path.name[: len(path.name) - len(ext)]}_{tag}{ext}")
+
+
+@dataclass
+class RestoreResult:
+    """``mean`` has the input's dtype (the output's shape); ``std`` / ``aleatoric`` are float32
+    standard deviations in input intensity units (None when unavailable); ``mask`` is 1 where the
+    uncertainty exceeds the threshold; ``info`` says how it was made."""
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+    aleatoric: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def fields(self) -> tuple[str, ...]:
+        """The output fields this result holds, in table order."""
+        return tuple(o.field for o in OUTPUTS if getattr(self, o.field) is not None)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output field of a restore."""
+
+    field: str  # RestoreResult attribute
+    tag: str | None  # file: OUTPUT_<tag> next to OUTPUT (None: OUTPUT itself)
+    dtype: str | None  # stored data type (None: the input's)
+    role: str  # napari result-layer role
+    layer: str  # napari layer type: image or labels
+    label: str  # layer name after the source's name
+    colour: tuple[float, float, float] | None  # overlays fade in with the value in this colour
+    shown: bool  # visible by default
+    at_acquired: str  # value at slices passed through from the input: "input" or "zero"
+    description: str
+
+
+OUTPUTS: tuple[Output, ...] = (
+    Output("mean", None, None, "restored", "image", "restored", None, True, "input",
+           "the restored image, in the input's data type"),
+    Output("std", "std", "float32", "std", "image", "uncertainty (std)", (1.0, 0.8, 0.0), True, "zero",
+           "per-pixel standard deviation over the diffusion samples (2 or more samples)"),
+    Output("aleatoric", "aleatoric", "float32", "aleatoric", "image", "aleatoric (std)", (0.0, 0.8, 1.0), False,
+           "zero", "per-pixel standard deviation from the model's aleatoric head"),
+    Output("mask", "mask", "uint8", "mask", "labels", "unreliable", None, True, "zero",
+           "1 where the uncertainty is above the model card's calibrated threshold"),
+)
+BY_FIELD = {o.field: o for o in OUTPUTS}
+BY_ROLE = {o.role: o for o in OUTPUTS}
+FIELDS = tuple(BY_FIELD)
+
+
+def output_dtype(field_name: str, input_dtype) -> np.dtype:
+    dtype = BY_FIELD[field_name].dtype
+    return np.dtype(input_dtype if dtype is None else dtype)
+
+
+def output_paths(output: str | os.PathLike, fields=FIELDS) -> dict[str, Path]:
+    """OUTPUT and its siblings (OUTPUT_std, ...) by field: the names every route writes."""
+    output = Path(output)
+    return {f: output if BY_FIELD[f].tag is None else sibling_path(output, BY_FIELD[f].tag) for f in fields}
+
+
+def acquired_value(field_name: str, plane: np.ndarray) -> np.ndarray:
+    """A field's value at a slice passed through unchanged from the input (measured, not generated)."""
+    if BY_FIELD[field_name].at_acquired == "input":
+        return plane
+    return np.zeros(plane.shape, dtype=output_dtype(field_name, plane.dtype))
