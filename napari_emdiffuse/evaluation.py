@@ -16,6 +16,8 @@ bootstrap over blocks of the test region; a margin whose interval holds 0 is a t
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity
 
 BLOCK = 16  # uncertainty is judged on 16 x 16 blocks: per pixel, the reference's own noise dominates
 CI_BLOCK = 32  # bootstrap unit for intervals: larger than the error's spatial correlation
@@ -91,8 +93,6 @@ def psnr(image, reference, peak: float | None = None) -> float:
 
 def ssim(image, reference, peak: float | None = None) -> float:
     """Mean SSIM after the affine match; stacks slice by slice."""
-    from skimage.metrics import structural_similarity
-
     peak = peak_of(reference) if peak is None else peak
     matched, reference = affine_match(image, reference), np.asarray(reference, dtype=np.float64)
     if matched.ndim == 2:
@@ -155,8 +155,6 @@ def psnr_margin(image, baseline, reference, block: int = CI_BLOCK, n_boot: int =
 
 # ---- judging an uncertainty map -----------------------------------------------------------------------
 def spearman(a, b) -> float:
-    from scipy.stats import spearmanr
-
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
 
 

@@ -29,7 +29,7 @@ def reliability_mask(std: np.ndarray, span: float, threshold: float) -> np.ndarr
 def lazy_reliability_mask(std, span: float, threshold: float):
     """:func:`reliability_mask` of a lazy (dask or zarr) std volume, computed chunk by chunk when
     read: a viewer shows a new threshold at once without reading the whole volume."""
-    import dask.array as da
+    import dask.array as da  # lazily: the widgets import this module at start
 
     lazy = std if isinstance(std, da.Array) else da.from_array(std, chunks=getattr(std, "chunks", "auto"))
     return lazy.map_blocks(reliability_mask, span, threshold, dtype=np.uint8)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari.layers import Image, Labels
+
 MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".yaml", ".yml")
 
 
 def layer_problem(layer) -> str | None:
     """Why ``layer`` cannot be restored, or None."""
-    from napari.layers import Image, Labels
-
     if layer is None:
         return "no image to restore: open one (File > Open) or a sample (File > Open Sample > EMDiffuse)"
     if isinstance(layer, Labels):

@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.colormaps import Colormap, DirectLabelColormap
+from qtpy.QtCore import QTimer
 
 from ..results import BY_ROLE, OUTPUTS
 from ..uncertainty import reliability_mask
@@ -33,8 +36,6 @@ def role_of(layer) -> str | None:
 def image_choices(viewer) -> list[tuple[str, object]]:
     """(name, layer) of the layers a widget may take as input: images and restored images, not
     uncertainty overlays. Labels are offered so that choosing one explains itself."""
-    from napari.layers import Image, Labels
-
     return [(layer.name, layer) for layer in viewer.layers
             if isinstance(layer, (Image, Labels)) and role_of(layer) in (None, "restored")]
 
@@ -81,14 +82,10 @@ def _std_limits(values: np.ndarray) -> tuple[float, float]:
 def uncertainty_colormap(name: str, rgb: tuple[float, float, float]):
     """``rgb`` fading in with the uncertainty: transparent where it is low, so the restored image
     shows through, opaque where it is high."""
-    from napari.utils.colormaps import Colormap
-
     return Colormap(colors=[(*rgb, 0.0), (*rgb, 1.0)], name=name)
 
 
 def mask_colormap():
-    from napari.utils.colormaps import DirectLabelColormap
-
     return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: MASK_COLOR})
 
 
@@ -185,8 +182,6 @@ class ResultLayers:
         self._place_next()
 
     def _place_next(self) -> None:
-        from qtpy.QtCore import QTimer
-
         if not self.alive():
             self._pending.clear()
             return

@@ -7,6 +7,10 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from napari.qt.threading import create_worker
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication
+
 
 def start_worker(function, *args, cancel: threading.Event | None = None, **handlers):
     """Start ``function(*args)`` in a napari worker thread, its signals (``yielded=``,
@@ -14,9 +18,6 @@ def start_worker(function, *args, cancel: threading.Event | None = None, **handl
 
     ``cancel`` is set if napari aborts the worker (it does when the viewer closes): an aborted
     generator is never resumed, so the work it drives must be told to stop."""
-    from napari.qt.threading import create_worker
-    from qtpy.QtCore import Qt
-
     worker = create_worker(function, *args, _start_thread=False)
     for signal, handler in handlers.items():
         getattr(worker, signal).connect(handler)
@@ -54,8 +55,6 @@ def updates_from(produce: Callable, args: tuple, cancel: threading.Event, *, pro
 
 def wait_while(busy: Callable[[], bool], timeout: float) -> None:
     """Process Qt events until ``busy()`` is false or ``timeout`` seconds have passed."""
-    from qtpy.QtWidgets import QApplication
-
     end = time.perf_counter() + timeout
     while busy() and time.perf_counter() < end:
         QApplication.processEvents()

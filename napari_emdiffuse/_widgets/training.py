@@ -10,21 +10,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
-                              PushButton, RadioButtons, SpinBox)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
+                              RadioButtons, SpinBox)
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..run_folder import has_state
 from ..tasks import all_tasks, get_task
 from ..training.presets import PRESETS, SUGGESTED
+from ._controls import heading
 from ._environment import Environment
 from ._model_picker import ModelPicker
-from ._controls import heading
 from ._state import bind
 from ._threading import start_worker, wait_while
 from .training_plot import LossPlot
 from .training_state import FINE_TUNE, NEW, SOURCES, TrainingRun, TrainingSettings, trainable_tasks
-from .training_worker import (Finished, Started, TrainRequest, probe_for_training, registration_summary,
-                              train_updates)
+from .training_worker import Finished, Started, TrainRequest, probe_for_training, registration_summary, train_updates
 
 if TYPE_CHECKING:
     import napari
@@ -153,8 +154,6 @@ class TrainingWidget(Container):
 
     # ---- choices ---------------------------------------------------------------------------------
     def _image_choices(self, _widget=None):
-        from napari.layers import Image
-
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Image) and layer.name != PREVIEW_LAYER]
 
@@ -202,8 +201,6 @@ class TrainingWidget(Container):
             self.run_dir.value = value
 
     def _show_buttons(self, *_) -> None:
-        from ..run_folder import has_state
-
         r = self.run_state
         resumable = bool(self.settings.run_dir) and has_state(self.settings.run_dir)
         self.train_button.enabled = not r.running

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..loading import list_presets, models_dir
 from .common import handle_errors
 
 
@@ -14,8 +15,6 @@ def add_parser(subparsers) -> None:
 
 @handle_errors
 def run(args: argparse.Namespace) -> int:
-    from ..loading import list_presets, models_dir
-
     presets = list_presets()
     if not presets:
         print(f"no bundled models in {models_dir()}")

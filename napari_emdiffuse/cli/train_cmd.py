@@ -8,7 +8,10 @@ import signal
 import sys
 import time
 
+from tqdm import tqdm
+
 from ..tasks import all_tasks, get_task
+from ..training import session
 from .common import EXIT_INTERRUPTED, handle_errors, positive_int
 
 PRESET_NAMES = ("tiny", "small", "base")
@@ -116,10 +119,6 @@ class StopOnInterrupt:
 
 @handle_errors
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..training import session
-
     stop = StopOnInterrupt()
     trainer, data = session.prepare(args.task, args.output, _inputs(args), preset=args.preset, base=args.model,
                                     resume=args.resume, name=args.name, settings=_settings(args),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 HERE = Path(__file__).parent
 SEM_NOISY = HERE / "pair53_noisy_dwell4us.tif"
@@ -12,8 +13,6 @@ SEM_CLEAN = HERE / "pair53_clean_dwell36us.tif"
 
 def load_pair() -> tuple[np.ndarray, np.ndarray]:
     """The real SEM pair: (4 us noisy, 36 us clean), 768 x 768 uint8."""
-    import tifffile
-
     return tifffile.imread(SEM_NOISY), tifffile.imread(SEM_CLEAN)
 
 
@@ -26,13 +25,9 @@ FIBSEM_VOXEL_NM = (10.0, 10.0, 10.0)
 
 def load_sstem() -> np.ndarray:
     """ssTEM stack of Drosophila larva VNC (ISBI 2012): 30 x 256 x 256 uint8, voxel 50 x 4 x 4 nm."""
-    import tifffile
-
     return tifffile.imread(SSTEM)
 
 
 def load_fibsem() -> np.ndarray:
     """FIB-SEM crop of Drosophila medulla (FlyEM): 64 x 128 x 128 uint8, isotropic 10 nm voxels."""
-    import tifffile
-
     return tifffile.imread(FIBSEM)

@@ -16,6 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+from scipy.ndimage import shift as nd_shift
+from skimage.filters import window
+from skimage.registration import optical_flow_ilk, optical_flow_tvl1, phase_cross_correlation
 
 from ..normalize import to_dtype
 
@@ -55,8 +59,6 @@ class Registration:
 
 
 def _smooth_standardised(image: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
     a = gaussian_filter(np.asarray(image, dtype=np.float32), SMOOTHING)
     return (a - a.mean()) / max(float(a.std()), 1e-12)
 
@@ -71,9 +73,6 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def _phase_shift(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
     """The (row, col) shift that moves ``moving`` onto ``reference``, to 0.1 px."""
-    from skimage.filters import window
-    from skimage.registration import phase_cross_correlation
-
     # A Hann window hides the image borders, whose wrap-around jump would otherwise vote for no shift.
     hann = window("hann", reference.shape)
     shift = phase_cross_correlation(reference * hann, moving * hann, upsample_factor=10, normalization=None)[0]
@@ -105,8 +104,6 @@ def check_pair(condition: np.ndarray, target: np.ndarray, tolerance: float = TOL
     c, t = _smooth_standardised(condition), _smooth_standardised(target)
     shift = _phase_shift(c, t)
     rows, cols = _overlap(c.shape, shift)
-    from scipy.ndimage import shift as nd_shift
-
     aligned = nd_shift(t, shift, order=1, mode="nearest")
     # Local offsets on tiles of the globally aligned target; tiles need enough texture to correlate.
     tile = max(64, min(tile, min(c.shape) // 2))
@@ -140,9 +137,6 @@ def register_pair(condition: np.ndarray, target: np.ndarray, local: bool = True,
                   tolerance: float = TOLERANCE_PX) -> RegisteredPair:
     """Register ``target`` to ``condition``: a global shift by phase correlation, then (``local``)
     a non-rigid optical-flow field (``ilk`` fast, ``tvl1`` more robust to large motions)."""
-    from scipy.ndimage import map_coordinates
-    from skimage.registration import optical_flow_ilk, optical_flow_tvl1
-
     condition, target = np.asarray(condition), np.asarray(target)
     _check_shapes(condition, target)
     before = check_pair(condition, target, tolerance)
