@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_emdiffuse.device import cpu_has_native_bf16
+from napari_emdiffuse.engine import Settings
+from napari_emdiffuse.engine.sampling import sample_unit
+from napari_emdiffuse.normalize import Normalizer
 from napari_emdiffuse.streaming import weights_fingerprint
+from napari_emdiffuse.tasks import Unit
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_ROWS = slice(576, 768)  # never seen in training (weights/train_demo_denoise.py)
@@ -166,8 +171,6 @@ def grid_settings(settings, sigmas: torch.Tensor):
     """``settings`` whose sampler runs over the given noise levels instead of a named grid."""
     from dataclasses import asdict
 
-    from napari_emdiffuse.restore import Settings
-
     class FixedGrid(Settings):
         def sigmas(self) -> torch.Tensor:
             return sigmas
@@ -186,20 +189,16 @@ def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str 
     same sampler, tiling and seeded noise as :func:`napari_emdiffuse.restore.restore`, the seconds
     taken, and the posterior-mean estimate (the denoiser at the noisiest level, averaged over the
     samples' starts: restore's ``estimate="posterior_mean"``)."""
-    from napari_emdiffuse.normalize import Normalizer
-    from napari_emdiffuse.restore import sample_plane
-
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     model.network.to("cpu", memory_format=fmt).eval()
     norm = model.normalization
     normalizer = Normalizer.for_card(noisy, norm)
-    cond = torch.from_numpy(normalizer(noisy))[None, None]
+    unit = Unit(0, normalizer(noisy)[None, None], [(0, k) for k in range(settings.samples)])
     t0 = time.perf_counter()
-    xs, _, first = sample_plane(model, cond, settings, seed=seed, streams=[(0, k) for k in range(settings.samples)],
-                                with_mean=True)
+    sampled = sample_unit(model, unit, settings, seed=seed, origin=(0, 0), device=torch.device("cpu"))
     seconds = time.perf_counter() - t0
-    posterior_mean = normalizer.inverse(first[:, 0].float().mean(0).numpy()).astype(np.float64)
-    return normalizer.inverse(xs[:, 0].float().numpy()).astype(np.float64), seconds, posterior_mean
+    posterior_mean = normalizer.inverse(sampled.first[0].mean(0)).astype(np.float64)
+    return normalizer.inverse(sampled.samples[0]).astype(np.float64), seconds, posterior_mean
 
 
 def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf16") -> tuple[np.ndarray, float, bool]:
@@ -209,8 +208,6 @@ def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf
     autocast with both samples in one batch, which changes the PSNR by under 0.01 dB (see
     docs/benchmarks.md) and the wall time, which is measured separately in fp32 at batch 1.
     Returns (samples, seconds it took, whether it came from the cache)."""
-    from napari_emdiffuse.restore import Settings
-
     key = (f"{weights_fingerprint(model)}-{noisy.shape[0]}x{noisy.shape[1]}-{int(noisy.astype(np.int64).sum())}-{seed}"
            f"-{precision}")
     path = REPO / "build" / "bench" / f"recipe-{key}.npz"
@@ -276,8 +273,6 @@ def device_peak(device: torch.device, dtype: torch.dtype | None, cache: dict = {
 
 def precision_note(model) -> str:
     """The inference precision restore() uses for this model on the CPU."""
-    from napari_emdiffuse.restore import Settings, cpu_has_native_bf16
-
     precision = Settings.for_model(model, torch.device("cpu")).precision
     if precision == "auto":
         return f"precision auto ({'bf16' if cpu_has_native_bf16() else 'fp32'} on this CPU)"

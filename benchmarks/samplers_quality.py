@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from _common import REPO, draw_samples, header, held_out, load_demo, load_note, psnr, quality, recipe_samples, span
-from napari_emdiffuse.restore import Settings
+from napari_emdiffuse.engine import Settings
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun", "heun_churn")
 

@@ -141,7 +141,7 @@ def cluster_run(source, output, chunk, workers: int) -> dict:
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("napari_emdiffuse.distributed"))  # warm: imports are not throughput
+        client.run(lambda: __import__("napari_emdiffuse.streaming.cluster"))  # warm: imports are not throughput
         t0 = time.perf_counter()
         report = stream_restore(str(source), output, make_model("unet"), chunk=(1, chunk, chunk), device="cpu",
                                 cluster=cluster.scheduler_address)

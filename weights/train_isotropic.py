@@ -19,7 +19,9 @@ import tifffile
 
 import _script
 from napari_emdiffuse.sample_data import load_fibsem
+from napari_emdiffuse.restore import restore
 from napari_emdiffuse.tasks import isotropic as iso
+from napari_emdiffuse.training import pairs
 from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
 
@@ -45,9 +47,9 @@ CARD = {
 
 
 def train(args) -> None:
-    parts = [iso.training_data(tifffile.imread(path), Z_FACTOR) for path in TRAINING]
+    parts = [pairs.volume_examples(tifffile.imread(path), Z_FACTOR) for path in TRAINING]
     d = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    v = iso.training_data(load_fibsem(), Z_FACTOR, both_directions=False)
+    v = pairs.volume_examples(load_fibsem(), Z_FACTOR, both_directions=False)
     card = dict(CARD, training={
         "data": "weights/data/fibsem_flyem_train.tif and fibsem_flyem_train2.tif (2 x 90 x 144 x 144, 10 nm), "
                 "planes a, a+5 -> a+1..a+4, both directions",
@@ -77,7 +79,7 @@ def evaluate(args) -> dict:
               "linear": scores(iso.linear_interpolation(acquired, Z_FACTOR)[generated], truth[generated], 255.0)}
 
     def run_model(**setting):
-        res = iso.reconstruct(acquired, model, device="cpu", seed=0, **setting)
+        res = restore(acquired, model, task="isotropic", device="cpu", seed=0, **setting)
         assert np.array_equal(res.mean[::Z_FACTOR], acquired)
         return res
 

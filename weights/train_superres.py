@@ -18,7 +18,9 @@ import tifffile
 
 import _script
 from napari_emdiffuse.sample_data import load_sstem
+from napari_emdiffuse.restore import restore
 from napari_emdiffuse.tasks import superres as sr
+from napari_emdiffuse.training import pairs
 from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
 
@@ -57,8 +59,8 @@ def training_tiles() -> np.ndarray:
 
 
 def train(args) -> None:
-    cond, target = sr.training_pairs(training_tiles(), SCALE)
-    vcond, vtarget = sr.training_pairs(validation_stack(), SCALE)
+    cond, target = pairs.training_pairs(training_tiles(), SCALE)
+    vcond, vtarget = pairs.training_pairs(validation_stack(), SCALE)
     card = dict(CARD, training={
         "data": "napari_emdiffuse/sample_data/sstem_isbi2012_crop.tif (30 x 256 x 256) and "
                 "weights/data/sstem_isbi2012_train_tiles.tif, as 360 tiles of 128 x 128",
@@ -80,7 +82,7 @@ def evaluate(args) -> dict:
                                             "input: its 2x2 mean binning (10 x 64 x 256)",
               "bicubic": scores(sr.bicubic_baseline(lr, SCALE), hr, 255.0)}
     return _script.evaluate(args, report, "bicubic",
-                            lambda **setting: sr.superres(lr, model, device="cpu", seed=0, **setting),
+                            lambda **setting: restore(lr, model, task="superres", device="cpu", seed=0, **setting),
                             lambda res: scores(res.mean, hr, 255.0))
 
 
