@@ -5,6 +5,7 @@ continues it exactly where it stopped (Ctrl-C stops after the current step and s
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -152,13 +153,11 @@ class StopOnInterrupt:
 
 @handle_errors
 def run(args: argparse.Namespace) -> int:
-    from .train_torchrun import requested
-
-    if requested():  # one of several processes started by torchrun: nothing distributed is imported otherwise
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # one of several processes torchrun started
         from .train_torchrun import run as run_data_parallel
 
         return run_data_parallel(args, _train)
-    return _train(args)
+    return _train(args)  # nothing distributed is imported
 
 
 def _train(args: argparse.Namespace, world=None) -> int:

@@ -18,11 +18,6 @@ from typing import Callable
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, handle_errors, report_error
 
 
-def requested() -> bool:
-    """Whether a launcher started this process as one of several (torchrun's environment)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
 def run(args: argparse.Namespace, train: Callable[..., int]) -> int:
     """``train(args, world)`` on this process's part of the run; the exit status."""
     from ..training import distributed

@@ -139,8 +139,6 @@ class World(SingleProcess):
                 raise SetupFailed(message)
             others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise SetupFailed(f"rank {rank} of {self.size}{others}: {message}")
-        self._progress_at = time.monotonic()
-        self._watching_time = True
 
     def wrap(self, network: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -158,6 +156,7 @@ class World(SingleProcess):
 
     def at_step(self, step: int) -> None:
         self.step, self._progress_at = step, time.monotonic()
+        self._watching_time = True  # from the first step on (setting up takes as long as it takes)
 
     def mean(self, value: float) -> float:
         return self._sum([value])[0] / self.size
@@ -277,15 +276,15 @@ class World(SingleProcess):
                 f"for {self.stale:.0f} s: died, killed or frozen; its own output says why)")
 
     def _stalled_message(self, seen: dict) -> str:
-        step = min(s for _, _, s, _ in seen.values())
+        step = max(s for _, _, s, _ in seen.values())  # the step the first processes wait in
         busy = sorted(r for r, (_, _, s, waits) in seen.items() if not waits)
-        late = sorted(r for r, (_, _, s, _) in seen.items() if s == step)
-        stuck = busy if busy and len(busy) < self.size else late if len(late) < self.size else []
+        late = sorted(r for r, (_, _, s, _) in seen.items() if s < step)
+        stuck = busy if busy and len(busy) < self.size else late
         if stuck:
             ranks = ", ".join(map(str, stuck))
             return (f"rank{'s' if len(stuck) > 1 else ''} {ranks} of {self.size} did not finish step {step} in "
-                    f"{self.timeout:.0f} s while the others waited for {'them' if len(stuck) > 1 else 'it'} (it hangs: "
-                    "see its own output; --dist-timeout sets how long to wait)")
+                    f"{self.timeout:.0f} s while the others waited (a hang: see the output of rank {ranks}; "
+                    "--dist-timeout sets how long to wait)")
         return (f"no process finished step {step} in {self.timeout:.0f} s, every one waiting for the others (is the "
                 "network between the machines down?); --dist-timeout sets how long to wait")
 
