@@ -24,6 +24,8 @@ def run(args: argparse.Namespace, train: Callable[..., int]) -> int:
 
     try:
         world = distributed.join(args.device, args.dist_timeout)
+    except distributed.ProcessError:  # this process's own: it says so
+        raise
     except ValueError:
         if os.environ.get("RANK", "0") == "0":  # the same for every process: said once
             raise

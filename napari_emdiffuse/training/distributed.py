@@ -42,8 +42,13 @@ class SetupFailed(ValueError):
     """A process could not set up its part of the run; every process raises this, with its reason."""
 
 
+class ProcessError(ValueError):
+    """What only this process met while joining (its machine, its GPU): it says so itself."""
+
+
 def _device_for(setting: str | None, local_rank: int) -> torch.device:
-    """This process's device: the GPU of its local rank on CUDA, else the CPU."""
+    """This process's device: the GPU of its local rank on CUDA, else the CPU. A bad setting is
+    the same error for every process; a machine without the GPU is this process's own."""
     setting = str(setting or "auto")
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,10 +61,11 @@ def _device_for(setting: str | None, local_rank: int) -> torch.device:
         raise ValueError("under torchrun each process trains on the GPU of its local rank: give --device cuda "
                          "(or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES")
     if not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no CUDA GPU is available here: use --device auto or cpu")
+        raise ProcessError("CUDA was requested but this machine has no CUDA GPU: use --device cpu, or start "
+                           "the processes on GPU machines")
     if local_rank >= torch.cuda.device_count():
-        raise ValueError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible, so start at "
-                         f"most {torch.cuda.device_count()} processes per machine (torchrun --nproc_per_node)")
+        raise ProcessError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible, so start at "
+                           f"most {torch.cuda.device_count()} processes per machine (torchrun --nproc_per_node)")
     return torch.device("cuda", local_rank)
 
 
@@ -71,7 +77,10 @@ def join(device: str | None = "auto", timeout: float = DEFAULT_TIMEOUT) -> "Worl
                          "that sets torchrun's environment (see docs/distributed-training.md)")
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    where = torch.device(_device_for(device, local_rank))
+    try:
+        where = _device_for(device, local_rank)
+    except ProcessError as e:
+        raise ProcessError(f"rank {rank} of {size}: {e}") from None
     backend = "nccl" if where.type == "cuda" else "gloo"
     if where.type == "cuda":
         torch.cuda.set_device(where)
@@ -79,11 +88,12 @@ def join(device: str | None = "auto", timeout: float = DEFAULT_TIMEOUT) -> "Worl
     group_timeout = timedelta(seconds=timeout + 60)
     try:
         dist.init_process_group(backend, timeout=group_timeout, device_id=where if backend == "nccl" else None)
+        return World(rank, size, where, backend, timeout)
     except (RuntimeError, dist.DistError) as e:
-        raise ValueError(f"could not join the other processes at {os.environ['MASTER_ADDR']}:"
-                         f"{os.environ['MASTER_PORT']} ({' '.join(str(e).split())[:300]}) — start all of them "
-                         "(torchrun --nnodes, --rdzv-endpoint) and check that this machine reaches that address") from None
-    return World(rank, size, where, backend, timeout)
+        raise ProcessError(f"rank {rank} of {size} could not join the others at {os.environ['MASTER_ADDR']}:"
+                           f"{os.environ['MASTER_PORT']} ({' '.join(str(e).split())[:300]}) — start all of them "
+                           "(torchrun --nnodes, --rdzv-endpoint) and check that this machine reaches that "
+                           "address") from None
 
 
 class World(SingleProcess):
