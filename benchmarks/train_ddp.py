@@ -6,9 +6,9 @@ CPU, NCCL on GPUs), through the trainer the CLI uses, on training rows of the re
 
 Each configuration runs in fresh processes (torchrun for more than one): a few warm-up steps,
 then the fastest of several timed blocks of steps (the least disturbed by other work on a shared
-machine). Every process of a data-parallel run draws the whole global batch (crops and noise,
-so that N processes take one process's steps on N x the batch) and trains on its own rows;
-``draw ms`` is what that drawing costs per step, out of the step time.
+machine). Every process of a data-parallel run draws the whole global batch's crop positions
+and noise (so that N processes take one process's steps on N x the batch) and crops and trains
+on its own rows; ``draw ms`` is what that drawing costs per step, out of the step time.
 """
 from __future__ import annotations
 
@@ -59,11 +59,11 @@ def worker(args: argparse.Namespace) -> None:
         size = trainer.world.size
         rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
         draw_ms = float("inf")
-        for _ in range(args.blocks):  # what every process draws per step: the global batch and its noise
+        for _ in range(args.blocks):  # what every process draws per step: its crops, the global noise
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                batch = trainer.data.draw(size * args.batch, rng)
-                torch.randn(batch["target"].shape, generator=generator)
+                batch = trainer.world.draw(trainer.data, size * args.batch, rng)
+                torch.randn((size * args.batch, *batch["target"].shape[1:]), generator=generator)
             draw_ms = min(draw_ms, 1000 * (time.perf_counter() - t0) / args.steps)
         parameters = sum(p.numel() for p in trainer.network.parameters())
     if trainer.world.is_main:

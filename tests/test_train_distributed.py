@@ -110,6 +110,30 @@ def denoise_args(pair, model, run, *more):
             "--patch", "32", "--device", "cpu", "-o", run, *more]
 
 
+def test_each_process_crops_only_its_rows_of_the_global_draw():
+    import numpy as np
+
+    from napari_emdiffuse.training.datasets import denoise_data, isotropic_data
+
+    noisy, clean = load_pair()
+    sources = {
+        "one image, extra noise and jitter": denoise_data(noisy[:200, :300], clean[:200, :300], patch=32, check=False,
+                                                          extra_noise=0.2, intensity_jitter=0.1).train,
+        "images of two sizes": denoise_data([noisy[:200, :300], noisy[300:500, :200]], [clean[:200, :300], clean[300:500, :200]],
+                                            patch=32, check=False, extra_noise=0.2).train,
+        "isotropic slices": isotropic_data(load_fibsem()[:24, :96, :96], z_factor=3, patch=32).train,
+    }
+    for name, data in sources.items():
+        whole_rng, rng = np.random.default_rng(5), np.random.default_rng(5)
+        whole = data.draw(6, whole_rng)
+        for rows in (slice(0, None, 2), slice(1, None, 2), slice(0)):
+            rng = np.random.default_rng(5)
+            mine = data.draw(6, rng, rows=rows)
+            for key, value in whole.items():
+                assert torch.equal(mine[key], value[rows]), (name, rows, key)
+            assert rng.bit_generator.state == whole_rng.bit_generator.state, (name, rows)  # moved on alike
+
+
 def test_one_step_on_two_processes_equals_one_step_of_one_process_on_the_global_batch(pair, base, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

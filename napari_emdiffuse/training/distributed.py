@@ -4,8 +4,9 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT). NCCL on CUDA, gloo on the CPU.
 
 Why N processes with batch B take the steps of one process with batch N x B: every process draws
 the same global batch (crop positions, augmentations, noise levels and noise) from the same
-random streams, and trains on its own rows of it (rank r: rows r, r + N, ...); the gradients of
-the per-process mean losses are averaged, which is the gradient of the global batch's mean loss.
+random streams, crops only its own rows of it (rank r: rows r, r + N, ...) and trains on them;
+the gradients of the per-process mean losses are averaged, which is the gradient of the global
+batch's mean loss.
 Only dropout differs: each process draws from its own stream, and every stream is saved, so a
 resumed run continues exactly. Validation splits the fixed validation batch the same way and
 reduces its loss and squared error over all processes.
@@ -19,6 +20,7 @@ step, the rank the others are waiting for.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import threading
@@ -163,6 +165,12 @@ class World(SingleProcess):
 
     def shard(self, rows: int) -> slice:
         return slice(self.rank, None, self.size)
+
+    def draw(self, data, rows: int, rng) -> dict:
+        if "rows" in inspect.signature(data.draw).parameters:  # crops only this process's rows
+            return data.draw(rows, rng, rows=self.shard(rows))
+        batch = data.draw(rows, rng)
+        return {key: value[self.shard(rows)] for key, value in batch.items()}
 
     def at_step(self, step: int) -> None:
         self.step, self._progress_at = step, time.monotonic()

@@ -74,8 +74,9 @@ class Trainer:
     """Trains ``model`` on ``data`` (``draw(batch, rng)`` / ``fixed_batch(n)``) into ``run_dir``.
 
     With a data-parallel ``world`` every process draws the same global batch of
-    ``world.size * batch_size`` crops and noise, from the same streams, and trains on its own
-    rows; gradients are averaged, so the steps are those of one process on the global batch."""
+    ``world.size * batch_size`` crop positions and noise, from the same streams, and crops and
+    trains on its own rows; gradients are averaged, so the steps are those of one process on the
+    global batch."""
 
     def __init__(self, model: RestorationModel, data, config: TrainConfig, run_dir: str | Path,
                  val_data=None, callback: Callable[[TrainUpdate], None] | None = None,
@@ -144,20 +145,23 @@ class Trainer:
 
     # ---- one optimisation step -------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator,
-              network: torch.nn.Module | None = None) -> torch.Tensor:
-        """Mean loss of this process's rows of ``batch``; noise is drawn for the whole batch."""
+              network: torch.nn.Module | None = None, total: int | None = None) -> torch.Tensor:
+        """Mean loss over ``batch``: this process's rows of a global batch of ``total`` rows (None:
+        the batch is all of it). Noise levels and noise are drawn for the whole global batch, so
+        every process moves ``generator`` on alike, and each takes those of its rows."""
         d = self.diffusion
-        sigma = draw_sigmas(len(batch["target"]), self.cfg.noise_draw, generator, d["sigma_min"], d["sigma_max"])
-        noise = torch.randn(batch["target"].shape, generator=generator)
-        rows = self.world.shard(len(batch["target"]))
-        x0 = batch["target"][rows].to(self.device)
-        cond = batch["condition"][rows].to(self.device)
+        total = total or len(batch["target"])
+        sigma = draw_sigmas(total, self.cfg.noise_draw, generator, d["sigma_min"], d["sigma_max"])
+        noise = torch.randn((total, *batch["target"].shape[1:]), generator=generator)
+        rows = self.world.shard(total)
+        x0 = batch["target"].to(self.device)
+        cond = batch["condition"].to(self.device)
         noise, sigma = noise[rows].to(self.device), sigma[rows]
         gamma = (1 / (1 + sigma ** 2)).to(self.device).reshape(-1, *([1] * (x0.ndim - 1)))
         y = gamma.sqrt() * x0 + (1 - gamma).sqrt() * noise
         args = [torch.cat([cond, y], 1), gamma.reshape(-1)]
         if "slice_index" in batch:
-            args.append(batch["slice_index"][rows].to(self.device))
+            args.append(batch["slice_index"].to(self.device))
         with self._autocast():
             out = (self.replica if network is None else network)(*args).float()
         pred = out[:, : x0.shape[1]]
@@ -184,8 +188,9 @@ class Trainer:
         with self._run_rng():
             for micro in range(self.cfg.grad_accum):
                 with self.world.accumulating(self.replica, last=micro == self.cfg.grad_accum - 1):
-                    batch = self.data.draw(self.cfg.batch_size * self.world.size, self.rng)
-                    loss = self._loss(batch, self.generator) / self.cfg.grad_accum
+                    rows = self.cfg.batch_size * self.world.size  # the global batch
+                    batch = self.world.draw(self.data, rows, self.rng)
+                    loss = self._loss(batch, self.generator, total=rows) / self.cfg.grad_accum
                     self.scaler.scale(loss).backward()
                 total += loss.item()
         total = self.world.mean(total)  # the same on every process, so all of them stop on divergence
@@ -211,17 +216,17 @@ class Trainer:
         # means are reduced over all of them.
         total = len(batch["target"])
         rows = self.world.shard(total)
-        count = len(range(total)[rows])
+        mine = {key: value[rows] for key, value in batch.items()}
+        count = len(mine["target"])
         val_loss = mse = 0.0
         preview = None
         if count:
-            val_loss = float(self._loss(batch, torch.Generator().manual_seed(4321), self.ema.network))
+            val_loss = float(self._loss(mine, torch.Generator().manual_seed(4321), self.ema.network, total))
             denoise = self.model.__class__(self.model.card, self.ema.network).denoiser()
-            x0 = batch["target"][rows].to(self.device)
+            x0 = mine["target"].to(self.device)
             sig = float(self.diffusion["sigma_max"])
             start = torch.randn(batch["target"].shape, generator=torch.Generator().manual_seed(99))[rows].to(self.device) * sig
-            index = batch.get("slice_index")
-            est = denoise(start, sig, batch["condition"][rows].to(self.device), None if index is None else index[rows])
+            est = denoise(start, sig, mine["condition"].to(self.device), mine.get("slice_index"))
             mse = float(((est - x0) ** 2).mean())
             preview = est[0, 0].cpu().numpy()
         val_loss, mse = self.world.mean_over_rows([val_loss, mse], count, total)

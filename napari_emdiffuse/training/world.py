@@ -39,6 +39,10 @@ class SingleProcess:
         """The rows of a global batch of ``rows`` this process works on."""
         return slice(None)
 
+    def draw(self, data, rows: int, rng) -> dict:
+        """This process's rows of a global batch of ``rows`` drawn from ``data`` with ``rng``."""
+        return data.draw(rows, rng)
+
     def at_step(self, step: int) -> None:
         """Step ``step`` begins (progress that a stalled process is told apart by)."""
 
