@@ -1,9 +1,11 @@
 """``emdiffuse train {denoise,superres,isotropic} ... -o RUN_DIR``: train or fine-tune a model on
 your own data. The run folder then works as ``--model RUN_DIR`` everywhere; ``--resume``
-continues it exactly where it stopped (Ctrl-C stops after the current step and saves)."""
+continues it exactly where it stopped (Ctrl-C stops after the current step and saves). Under
+``torchrun`` several processes train one model data-parallel (see ``train_torchrun``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -64,6 +66,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                         help="bf16: bf16 autocast on the CPU too, 1.6-1.8x faster on CPUs with native bf16 "
                              "(default auto: mixed precision on CUDA, fp32 elsewhere)")
+    parser.add_argument("--dist-timeout", type=_positive_float, default=600.0, metavar="S",
+                        help="under torchrun: seconds without a finished step before every process stops with an "
+                             "error naming the one that does not answer (default: 600)")
 
 
 def add_parser(subparsers) -> None:
@@ -119,11 +124,22 @@ class StopOnInterrupt:
 
 @handle_errors
 def run(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # one of several processes torchrun started
+        from .train_torchrun import run as run_data_parallel  # lazily: nothing distributed unless asked
+
+        return run_data_parallel(args, _train)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace, world=None) -> int:
     stop = StopOnInterrupt()
     trainer, data = session.prepare(args.task, args.output, _inputs(args), preset=args.preset, base=args.model,
                                     resume=args.resume, name=args.name, settings=_settings(args),
-                                    should_stop=stop)
+                                    should_stop=stop, world=world)
     cfg = trainer.cfg
+    if trainer.resumed_world_size not in (None, trainer.world.size):
+        print(f"note: this run trained on {trainer.resumed_world_size} process(es) and continues on "
+              f"{trainer.world.size}: the global batch changes with it", file=sys.stderr)
     if data.aligned:
         worst = min(data.registration, key=lambda r: r.correlation)
         print(f"aligned {data.aligned} misregistered image(s) (global shift, then optical flow); "
@@ -155,6 +171,6 @@ def run(args: argparse.Namespace) -> int:
            if last_val else "")
     how = "stopped" if trainer.step < cfg.steps else "trained"
     print(f"{how} {args.task} model {trainer.model.name!r}: steps {start}-{trainer.step} of {cfg.steps} "
-          f"in {seconds:.1f} s on {trainer.device}{val} -> {args.output} (use --model {args.output}"
+          f"in {seconds:.1f} s on {trainer.world.where(trainer.device)}{val} -> {args.output} (use --model {args.output}"
           f"{'; continue with --resume' if trainer.step < cfg.steps else ''})")
     return EXIT_INTERRUPTED if stop.requested and trainer.step < cfg.steps else 0

@@ -55,24 +55,34 @@ class PatchPairs:
             if self.patch < 16:
                 raise ValueError(f"training images of {h}x{w} pixels are too small: at least 16x16 needed")
 
-    def draw(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        n, _, h, w = self.condition.shape
+    def draw(self, batch: int, rng: np.random.Generator, rows: slice | None = None) -> dict[str, torch.Tensor]:
+        """``batch`` random patches, or only ``rows`` of them: ``rng`` moves on as for all ``batch``
+        (each data-parallel process crops its own rows of one global draw)."""
+        n, channels, h, w = self.condition.shape
+        p = self.patch
+        kept = range(batch)[rows] if rows is not None else range(batch)
         conds, targets, idx = [], [], []
-        for _ in range(batch):
+        for k in range(batch):
+            keep = k in kept
             i = int(rng.integers(n))
-            y, x = int(rng.integers(h - self.patch + 1)), int(rng.integers(w - self.patch + 1))
-            win = (slice(y, y + self.patch), slice(x, x + self.patch))
-            c, t = augment([self.condition[i][(slice(None), *win)], self.target[i][(slice(None), *win)]], rng)
+            y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+            win = (slice(None), slice(y, y + p), slice(x, x + p))
+            pair = augment([self.condition[i][win], self.target[i][win]] if keep else [], rng)
             if self.extra_noise > 0 and rng.random() < 0.5:
-                c = c + rng.normal(0, rng.uniform(0, self.extra_noise), c.shape).astype(np.float32)
+                noise = rng.normal(0, rng.uniform(0, self.extra_noise), (channels, p, p)).astype(np.float32)
+                if keep:
+                    pair[0] = pair[0] + noise
             if self.intensity_jitter > 0:
                 j = self.intensity_jitter
-                c = (c * rng.uniform(1 - j, 1 + j) + rng.uniform(-j, j)).astype(np.float32)
-            conds.append(c)
-            targets.append(t)
-            if self.slice_index is not None:
-                idx.append(self.slice_index[i])
-        out = {"condition": torch.from_numpy(np.stack(conds)).float(), "target": torch.from_numpy(np.stack(targets)).float()}
+                scale, shift = rng.uniform(1 - j, 1 + j), rng.uniform(-j, j)
+                if keep:
+                    pair[0] = (pair[0] * scale + shift).astype(np.float32)
+            if keep:
+                conds.append(pair[0])
+                targets.append(pair[1])
+                if self.slice_index is not None:
+                    idx.append(self.slice_index[i])
+        out = {"condition": _stacked(conds, (channels, p, p)), "target": _stacked(targets, (self.target.shape[1], p, p))}
         if self.slice_index is not None:
             out["slice_index"] = torch.tensor(idx, dtype=torch.float32)
         return out
@@ -81,6 +91,11 @@ class PatchPairs:
         """A reproducible batch (validation)."""
         with _plain([self]):
             return self.draw(batch, np.random.default_rng(seed))
+
+
+def _stacked(arrays: list[np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
+    """(N, *shape) float32, also for N = 0 (a process given no rows)."""
+    return torch.from_numpy(np.stack(arrays) if arrays else np.zeros((0, *shape), np.float32)).float()
 
 
 @contextlib.contextmanager
@@ -111,9 +126,11 @@ class PatchSet:
                         dtype=np.float64)
         self.weights = area / area.sum()
 
-    def draw(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def draw(self, batch: int, rng: np.random.Generator, rows: slice | None = None) -> dict[str, torch.Tensor]:
+        """As :meth:`PatchPairs.draw`."""
         picks = rng.choice(len(self.parts), size=batch, p=self.weights)
-        drawn = [self.parts[i].draw(1, rng) for i in picks]
+        kept = range(batch)[rows] if rows is not None else range(batch)
+        drawn = [self.parts[i].draw(1, rng, None if k in kept else slice(0)) for k, i in enumerate(picks)]
         return {key: torch.cat([d[key] for d in drawn]) for key in drawn[0]}
 
     def fixed_batch(self, batch: int, seed: int = 1234) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from ..io import check_image, read_image
 from ..model import DEFAULT_NORMALIZATION
 from ..normalize import Normalizer
 from ..tasks.isotropic import check_volume
-from .data import PatchPairs, PatchSet, augment, patch_set
+from .data import PatchPairs, PatchSet, _stacked, augment, patch_set
 from .pairs import planes_along, slice_triplets, training_pairs
 from .registration import Registration, check_pair, register_pair
 
@@ -223,24 +223,27 @@ class SlicePatches:
         if self.patch < 16:
             raise ValueError(f"planes of {h}x{w} pixels are too small to train on: at least 16x16 needed")
 
-    def draw(self, batch: int, rng: np.random.Generator) -> dict:
+    def draw(self, batch: int, rng: np.random.Generator, rows: slice | None = None) -> dict:
+        """``batch`` examples, or only ``rows`` of them (``rng`` moves on as for all ``batch``)."""
         f, p = self.z_factor, self.patch
         n, h, w = self.planes.shape
+        kept = range(batch)[rows] if rows is not None else range(batch)
         conds, targets, index = [], [], []
-        for _ in range(batch):
+        for k in range(batch):
+            keep = k in kept
             a = int(rng.integers(n - f))
             y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
-            window = self.planes[a:a + f + 1, y:y + p, x:x + p]
-            if self.both_directions and rng.integers(2):
-                window = window[::-1]
-            cond, target, slice_index = slice_triplets(window, f)
-            k = int(rng.integers(f - 1))
-            c, t = augment([cond[k], target[k]], rng)
-            conds.append(c)
-            targets.append(t)
-            index.append(slice_index[k])
-        return {"condition": torch.from_numpy(np.stack(conds)).float(),
-                "target": torch.from_numpy(np.stack(targets)).float(),
+            reverse = self.both_directions and rng.integers(2)
+            if keep:
+                window = self.planes[a:a + f + 1, y:y + p, x:x + p]
+                cond, target, slice_index = slice_triplets(window[::-1] if reverse else window, f)
+            j = int(rng.integers(f - 1))
+            pair = augment([cond[j], target[j]] if keep else [], rng)
+            if keep:
+                conds.append(pair[0])
+                targets.append(pair[1])
+                index.append(slice_index[j])
+        return {"condition": _stacked(conds, (2, p, p)), "target": _stacked(targets, (1, p, p)),
                 "slice_index": torch.tensor(index, dtype=torch.float32)}
 
     def fixed_batch(self, batch: int, seed: int = 1234) -> dict:

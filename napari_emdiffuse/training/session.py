@@ -44,13 +44,14 @@ def _config_fields(values: dict) -> dict:
 def prepare(task: str, run_dir: str | Path, inputs: dict, *, preset: str = "tiny", base: str | None = None,
             resume: bool = False, name: str | None = None, settings: dict | None = None,
             callback: Callable[[TrainUpdate], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> tuple[Trainer, TrainingData]:
+            should_stop: Callable[[], bool] | None = None, world=None) -> tuple[Trainer, TrainingData]:
     """A :class:`Trainer` ready to ``run()``, and its data.
 
     ``inputs`` go to the task's data builder (see :func:`build_data`). ``settings`` are
     TrainConfig fields (None = default); ``patch`` may be among them. ``base`` (a preset name,
     model card, run folder or EMDiffuse checkpoint) is fine-tuned; ``resume`` continues the run
-    in ``run_dir`` with its stored settings, changed only where ``settings`` says so."""
+    in ``run_dir`` with its stored settings, changed only where ``settings`` says so. ``world``:
+    the processes of a data-parallel run (:mod:`.distributed`); None trains in this process alone."""
     run_dir = Path(run_dir)
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     patch = settings.pop("patch", None)
@@ -77,7 +78,7 @@ def prepare(task: str, run_dir: str | Path, inputs: dict, *, preset: str = "tiny
         model = start_model(data, preset, base_model, name)
         config = default_config(preset, **_config_fields(settings))
     trainer = Trainer(model, data.train, config, run_dir, val_data=data.val, callback=callback,
-                      should_stop=should_stop)
+                      should_stop=should_stop, world=world)
     if resume:
         trainer.resume()
     return trainer, data
