@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
 
 from ._checks import layer_problem, model_problem
 from ._environment import Environment, probe
@@ -38,7 +39,7 @@ def _default_spin(label: str, maximum: int, tooltip: str, step: int = 1) -> Spin
 
 def _heading(text: str) -> Label:
     label = Label(value=f"<b>{text}</b>")
-    label.native.setTextFormat(1)  # Qt.RichText
+    label.native.setTextFormat(Qt.TextFormat.RichText)  # PyQt6 takes the enum, not an int
     return label
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, RadioButtons, SpinBox)
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
 
 from ..training.presets import PRESETS, SUGGESTED
 from ._environment import Environment
@@ -39,7 +40,7 @@ INPUTS = {
 
 def _heading(text: str) -> Label:
     label = Label(value=f"<b>{text}</b>")
-    label.native.setTextFormat(1)  # Qt.RichText
+    label.native.setTextFormat(Qt.TextFormat.RichText)  # PyQt6 takes the enum, not an int
     return label
 
 
