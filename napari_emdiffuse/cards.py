@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .diffusion.denoiser import PARAMETERIZATIONS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.schedules import GRIDS
-from .model import TASKS
+from .model import DEFAULT_DIFFUSION, DEFAULT_NORMALIZATION, TASKS
 from .restore import ESTIMATES, PRECISIONS
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -38,42 +38,45 @@ def _one_of(value, allowed, what: str):
 
 
 class _Section(BaseModel):
+    """A closed section. A key left out takes the engine's default (model.py, nn/unet.py), which
+    is not repeated here: the ``= None`` of a non-optional field is never validated, so an absent
+    key passes and an explicit null is refused."""
     model_config = ConfigDict(extra="forbid")
 
 
 class Network(_Section):
-    kind: Literal["unet", "residual_unet"] = "unet"
-    dims: Literal[1, 2, 3] = 2
-    in_channel: PositiveInt = 2
-    out_channel: PositiveInt = 1
-    inner_channel: PositiveInt = 32
-    channel_mults: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 2, 4, 8]
-    res_blocks: Annotated[int, Field(ge=0)] = 2
-    attn_res: list[PositiveInt] = []
-    num_head_channels: PositiveInt = 32
-    norm_groups: PositiveInt = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    slice_embedding: bool = False
-    aleatoric: bool = False
-    use_checkpoint: bool = False
+    kind: Literal["unet", "residual_unet"] = None
+    dims: Literal[1, 2, 3] = None
+    in_channel: PositiveInt = None
+    out_channel: PositiveInt = None
+    inner_channel: PositiveInt = None
+    channel_mults: Annotated[list[PositiveInt], Field(min_length=1)] = None
+    res_blocks: Annotated[int, Field(ge=0)] = None
+    attn_res: list[PositiveInt] = None
+    num_head_channels: PositiveInt = None
+    norm_groups: PositiveInt = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] = None
+    slice_embedding: bool = None
+    aleatoric: bool = None
+    use_checkpoint: bool = None
     image_size: Optional[PositiveInt] = None  # EMDiffuse configs carry it; the network ignores it
     residual_z_factor: Optional[PositiveInt] = None
 
 
 class Diffusion(_Section):
-    parameterization: str = "eps"
+    parameterization: str = None
     clip: Optional[Annotated[list[float], Field(min_length=2, max_length=2)]] = None
-    sigma_min: PositiveFloat = 2e-3
-    sigma_max: PositiveFloat = 80.0
-    sampler: str = "dpmpp_2m"
-    grid: str = "karras"
-    steps: PositiveInt = 10
-    samples: PositiveInt = 2
-    rho: PositiveFloat = 7.0
-    estimate: str = "sample_mean"
-    ensemble: Annotated[int, Field(ge=1, le=8)] = 1
-    precision: str = "auto"
-    sampler_options: dict[str, Any] = {}
+    sigma_min: PositiveFloat = None
+    sigma_max: PositiveFloat = None
+    sampler: str = None
+    grid: str = None
+    steps: PositiveInt = None
+    samples: PositiveInt = None
+    rho: PositiveFloat = None
+    estimate: str = None
+    ensemble: Annotated[int, Field(ge=1, le=8)] = None
+    precision: str = None
+    sampler_options: dict[str, Any] = None
 
     @field_validator(*CHOICES)
     @classmethod
@@ -82,26 +85,30 @@ class Diffusion(_Section):
 
     @model_validator(mode="after")
     def noise_range(self):
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        low = DEFAULT_DIFFUSION["sigma_min"] if self.sigma_min is None else self.sigma_min
+        high = DEFAULT_DIFFUSION["sigma_max"] if self.sigma_max is None else self.sigma_max
+        if low >= high:
+            raise ValueError(f"sigma_min ({low}) must be below sigma_max ({high})")
         return self
 
 
 class Normalization(_Section):
-    low: Annotated[float, Field(ge=0, le=100)] = 0.1
-    high: Annotated[float, Field(ge=0, le=100)] = 99.9
-    bin: PositiveInt = 1
+    low: Annotated[float, Field(ge=0, le=100)] = None
+    high: Annotated[float, Field(ge=0, le=100)] = None
+    bin: PositiveInt = None
 
     @model_validator(mode="after")
     def ordered(self):
-        if self.low >= self.high:
-            raise ValueError(f"the low percentile ({self.low}) must be below the high one ({self.high})")
+        low = DEFAULT_NORMALIZATION["low"] if self.low is None else self.low
+        high = DEFAULT_NORMALIZATION["high"] if self.high is None else self.high
+        if low >= high:
+            raise ValueError(f"the low percentile ({low}) must be below the high one ({high})")
         return self
 
 
 class Tile(_Section):
-    size: PositiveInt = 256
-    overlap: Annotated[int, Field(ge=0)] = 24
+    size: PositiveInt = None
+    overlap: Annotated[int, Field(ge=0)] = None
 
 
 def bare_file_name(name: str) -> str:
@@ -146,18 +153,18 @@ class Weights(_Section):
 
 
 class Superres(_Section):
-    scale: Annotated[int, Field(ge=2)] = 2
+    scale: Annotated[int, Field(ge=2)] = None
     degradation: Optional[str] = None
 
 
 class Isotropic(_Section):
-    z_factor: Optional[Annotated[int, Field(ge=2)]] = None
-    route: Literal["isotropic", "anisotropic"] = "isotropic"
+    z_factor: Annotated[int, Field(ge=2)] = None
+    route: Literal["isotropic", "anisotropic"] = None
     slice_index: Optional[str] = None
 
 
 class Uncertainty(_Section):
-    threshold: Annotated[float, Field(ge=0)] = float("inf")
+    threshold: Annotated[float, Field(ge=0)] = None
     calibration_scale: Optional[PositiveFloat] = None
     quantity: Optional[str] = None
     calibrated_on: Optional[str] = None
@@ -172,7 +179,7 @@ class Uncertainty(_Section):
 class Card(_Section):
     name: Annotated[str, Field(min_length=1)]
     task: str
-    description: str = ""
+    description: str = None
     network: Network
     diffusion: Optional[Diffusion] = None
     normalization: Optional[Normalization] = None

@@ -64,6 +64,9 @@ def _problem(change) -> str:
     # wrong types and values
     (lambda c: c["diffusion"].update(steps="four"), "diffusion.steps: input should be a valid integer"),
     (lambda c: c["diffusion"].update(steps=0), "diffusion.steps: input should be greater than or equal to 1"),
+    (lambda c: c["diffusion"].update(steps=None), "diffusion.steps: input should be a valid integer (got None)"),
+    (lambda c: c["diffusion"].pop("sigma_max") and c["diffusion"].update(sigma_min=90.0),
+     "diffusion: sigma_min (90.0) must be below sigma_max (80.0)"),  # the engine's default sigma_max
     (lambda c: c["network"].update(aleatoric="maybe"), "network.aleatoric: input should be a valid boolean"),
     (lambda c: c["network"].update(channel_mults=4), "network.channel_mults: input should be a valid list"),
     (lambda c: c.update(tile=[256, 24]), "tile must be a section of key: value lines"),

@@ -86,6 +86,7 @@ def test_pins_are_true():
     for extra in ("qt", "test"):
         assert "pyqt6" in EXTRAS[extra] and "pyqt5" not in EXTRAS[extra]
     assert "napari[pyqt6]>=0.5.1" in _requirements(SETUP["options.extras_require"]["all"])
+    assert SETUP["metadata"]["license_expression"] == "MIT"  # License-Expression: napari hub shows it
     classifiers = _requirements(SETUP["metadata"]["classifiers"])
     assert "Framework :: napari" in classifiers and "Programming Language :: Python :: 3.11" in classifiers
     urls = dict(line.split(" = ") for line in _requirements(SETUP["metadata"]["project_urls"]))
