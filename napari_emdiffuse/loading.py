@@ -256,7 +256,9 @@ def load_model(name_or_path: str | os.PathLike, task: str | None = None,
     elif text in presets:
         model = _model_from_card_file(presets[text])
     else:
-        known = ", ".join(presets) or f"none in {models_dir()}: {REINSTALL}"
+        known = ", ".join(presets) or f"none in {models_dir()}"
+        if not presets and not os.environ.get("EMDIFFUSE_MODELS_DIR"):
+            known += f"; {REINSTALL}"  # an installed package always carries its presets
         raise ValueError(f"no model file or preset named {text!r} (presets: {known}) — "
                          "pass a preset name, a model card, a run folder or a checkpoint")
     if task is not None and model.task != task:  # named by what the user passed, which may be a path
