@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from napari_emdiffuse import emdiffuse_compat
-from napari_emdiffuse.loading import list_presets, load_model
+from napari_emdiffuse.loading import list_presets, load_model, read_card
 from napari_emdiffuse.model import build_network, model_from_card
 from napari_emdiffuse.files import sha256_of
 from napari_emdiffuse.training.runs import save_model
@@ -209,7 +209,7 @@ def test_preset_downloads_into_cache_then_uses_it(tiny_run, preset_env):
     assert (cache / "tiny-test.pt").is_file() and _same_network(model, loaded)
     (server / "tiny-test.pt").unlink()  # the second load must not need the URL
     assert _same_network(model, load_model("tiny-test"))
-    assert not list(cache.glob(".*part"))
+    assert [p.name for p in cache.iterdir()] == ["tiny-test.pt"]  # no partial download left
 
 
 def test_weights_file_of_a_preset_finds_its_card(tiny_run, preset_env):
@@ -224,9 +224,111 @@ def test_preset_download_with_wrong_sha256_is_discarded(preset_env):
     card = yaml.safe_load((models / "tiny-test.yaml").read_text())
     card["weights"]["sha256"] = "f" * 64
     (models / "tiny-test.yaml").write_text(yaml.safe_dump(card))
-    with pytest.raises(ValueError, match="does not match the sha256"):
+    with pytest.raises(ValueError, match="does not match the sha256") as err:
         load_model("tiny-test")
-    assert not (cache / "tiny-test.pt").exists() and not list(cache.glob(".*part"))
+    assert "\n" not in str(err.value)
+    assert not (cache / "tiny-test.pt").exists() and not [p for p in cache.glob("*") if p.is_file()]
+
+
+def test_stale_cached_weights_are_fetched_again(tiny_run, preset_env):
+    model, _ = tiny_run
+    _, _, cache = preset_env
+    cache.mkdir()
+    (cache / "tiny-test.pt").write_bytes(b"an older or damaged download")
+    assert _same_network(model, load_model("tiny-test"))
+    assert [p.name for p in cache.iterdir()] == ["tiny-test.pt"]
+
+
+def test_unreachable_url_is_one_line(preset_env):
+    server, _, cache = preset_env
+    (server / "tiny-test.pt").unlink()
+    with pytest.raises(ValueError, match=r"cannot download tiny-test.pt from file://.* — check the connection") as err:
+        load_model("tiny-test")
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def local_http_server(preset_env):
+    """The preset's server folder served over HTTP on the loopback address (no outside network)."""
+    import functools
+    import http.server
+    import threading
+
+    server, models, cache = preset_env
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(server))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", models, cache
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def test_preset_downloads_over_http(tiny_run, local_http_server):
+    model, _ = tiny_run
+    base, models, cache = local_http_server
+    card = yaml.safe_load((models / "tiny-test.yaml").read_text())
+    card["weights"]["url"] = f"{base}/tiny-test.pt"
+    (models / "tiny-test.yaml").write_text(yaml.safe_dump(card))
+    assert _same_network(model, load_model("tiny-test"))
+    assert [p.name for p in cache.iterdir()] == ["tiny-test.pt"]
+    card["weights"]["url"] = f"{base}/missing.pt"
+    card["weights"]["file"] = "other.pt"
+    (models / "tiny-test.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(ValueError, match=r"cannot download other.pt from http://127.0.0.1:\d+/missing.pt \(404") as err:
+        load_model("tiny-test")
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def installed_presets(tiny_run, tmp_path, monkeypatch):
+    """Presets laid out as in an installed package (models/ and weights/ under one folder)."""
+    from napari_emdiffuse import loading
+
+    _, run = tiny_run
+    root = tmp_path / "site-packages" / "napari_emdiffuse" / "_presets"
+    (root / "models").mkdir(parents=True)
+    (root / "weights").mkdir()
+    shutil.copy(run / "weights.pt", root / "weights" / "tiny-test.pt")
+    card = dict(TINY_CARD, name="tiny-test", weights={"file": "tiny-test.pt", "sha256": sha256_of(run / "weights.pt")})
+    (root / "models" / "tiny-test.yaml").write_text(yaml.safe_dump(card))
+    monkeypatch.setattr(loading, "bundled_root", lambda: root)
+    monkeypatch.delenv("EMDIFFUSE_MODELS_DIR", raising=False)
+    monkeypatch.setenv("EMDIFFUSE_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def test_installed_preset_with_corrupt_weights_says_reinstall(installed_presets):
+    weights = installed_presets / "weights" / "tiny-test.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError) as err:
+        load_model("tiny-test")
+    message = str(err.value)
+    assert "\n" not in message and str(weights) in message
+    assert "corrupt" in message and "reinstall napari-emdiffuse" in message
+
+
+def test_installed_preset_with_missing_weights_says_reinstall(installed_presets):
+    weights = installed_presets / "weights" / "tiny-test.pt"
+    weights.unlink()
+    with pytest.raises(ValueError) as err:
+        load_model("tiny-test")
+    message = str(err.value)
+    assert "\n" not in message and str(weights) in message
+    assert "is missing" in message and "reinstall napari-emdiffuse" in message
+
+
+def test_checkout_weights_point_to_the_repository(monkeypatch, tmp_path):
+    """In a source checkout the bundled weights are the repository's: a damaged one is restored with git."""
+    from napari_emdiffuse import loading
+
+    assert loading.bundled_root() == loading.REPO_ROOT  # these tests run from the checkout
+    card = read_card(loading.models_dir() / "demo-denoise.yaml")
+    card["weights"]["sha256"] = "0" * 64
+    with pytest.raises(ValueError, match=r"git checkout -- weights/demo-denoise.pt"):
+        loading.fetch_weights(card, loading.models_dir())
 
 
 def test_unknown_preset_lists_the_known_ones(preset_env):

@@ -18,6 +18,10 @@ NAMED_SCHEDULES = {
 }
 
 
+# Noise-level grids a sampler can step through (see sampling_sigmas).
+GRIDS = ("karras", "loglinear", "respaced")
+
+
 def betas(kind: str, n: int, start: float = 1e-4, end: float = 2e-2, cosine_s: float = 8e-3) -> np.ndarray:
     """Beta schedules: linear, quad, sqrt-linear, cosine (Nichol & Dhariwal), sqrt (Li et al. 2022)."""
     if kind == "linear":
@@ -80,7 +84,7 @@ def sampling_sigmas(steps: int, grid: str = "karras", sigma_min: float = 2e-3, s
         idx = np.round(np.linspace(len(full) - 1, 0, steps)).astype(int)
         sig = full[idx]
     else:
-        raise ValueError(f"unknown noise grid {grid!r}: use karras, loglinear or respaced")
+        raise ValueError(f"unknown noise grid {grid!r}: use one of {', '.join(GRIDS)}")
     if steps == 1:
         sig = np.array([sigma_max if grid != "respaced" else sig[0]])
     return torch.tensor(np.append(sig, 0.0), dtype=torch.float64)
