@@ -32,6 +32,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--z-factor", type=positive_int, metavar="F",
                         help="isotropic models: slices per acquired section spacing (default: the model card's; "
                              "required for vEMDiffuse checkpoints)")
+    parser.add_argument("--test-image", metavar="IMAGE",
+                        help="TIFF or zarr the package's test input and cover come from, of the kind the model "
+                             "takes (2D; a stack of acquired sections for isotropic models); a central crop of at "
+                             "most 256 x 256 pixels is stored (default: a crop of the bundled sample data)")
     parser.set_defaults(func=run)
 
 
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..interchange.bioimageio_export import prepare_export, write_package
 
     plan = prepare_export(args.model, args.output, name=args.name, license=args.license, authors=args.authors,
-                          z_factor=args.z_factor)
+                          z_factor=args.z_factor, test_image=args.test_image)
     path = write_package(plan, Path(args.output))
     model = plan.model
     size_mb = path.stat().st_size / 1e6

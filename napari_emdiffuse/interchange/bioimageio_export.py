@@ -54,13 +54,23 @@ class ExportPlan:
     kwargs: dict  # PosteriorMeanNetwork's, stored in the package
     scale: int = 1
     z_factor: int = 0
+    multiple: int = 8  # the network's downsampling: input sizes step by it
+    test_image: np.ndarray | None = None  # (Y, X) or (Z, Y, X) float32, what the model takes as input
+    test_source: str = ""  # where the test image comes from, in words
+
+    @property
+    def size_min(self) -> int:
+        """The smallest input side declared: at least 64 pixels, a multiple of the downsampling."""
+        return -(-64 // self.multiple) * self.multiple
 
 
 # ---- deciding what to export ----------------------------------------------------------------------
 def plan_export(model: RestorationModel, *, name: str | None = None, license: str | None = None,
-                authors: list[str] | None = None, z_factor: int | None = None) -> ExportPlan:
+                authors: list[str] | None = None, z_factor: int | None = None,
+                test_image: np.ndarray | str | os.PathLike | None = None) -> ExportPlan:
     """Check that ``model`` can be exported and collect the package's metadata; raises
-    :class:`ExportError` with one line otherwise."""
+    :class:`ExportError` with one line otherwise. ``test_image`` (an array or an image file, what
+    the model takes as input) gives the test input and cover; default: a bundled sample crop."""
     net = model.card.get("network") or {}
     if int(net.get("dims", 2)) != 2:
         raise ExportError(f"model {model.name!r} has a {net.get('dims')}D network; only 2D networks are exported "
@@ -90,7 +100,13 @@ def plan_export(model: RestorationModel, *, name: str | None = None, license: st
     kwargs["network"]["dropout"] = 0.0
     kwargs["network"].pop("use_checkpoint", None)
     given = list(authors or []) or [str(a) for a in (model.card.get("authors") or [])]
-    return ExportPlan(model, _package_name(name or model.name), spdx, given, kwargs, scale, f)
+    plan = ExportPlan(model, _package_name(name or model.name), spdx, given, kwargs, scale, f,
+                      int(model.network.downsample_factor))
+    plan.test_image = _test_crop(plan, sample_image(plan) if test_image is None else test_image)
+    plan.test_source = (_sample_words(plan) if test_image is None else
+                        f"a central crop of {Path(test_image).name if isinstance(test_image, (str, os.PathLike)) else 'an image'} "
+                        "given at export")
+    return plan
 
 
 def _package_name(name: str) -> str:
@@ -164,20 +180,44 @@ def _devices_follow_input(traced: torch.jit.ScriptModule) -> None:
 
 
 # ---- test data and cover -------------------------------------------------------------------------------
-def test_input(plan: ExportPlan) -> np.ndarray:
-    """A small real EM crop from the bundled sample data, shaped as the model's input:
-    (1, 1, Y, X) float32, or (1, 1, Z, Y, X) for isotropic models."""
+TEST_SIDE, TEST_SECTIONS = 256, 5  # the test input's largest crop: the package stays small
+
+
+def sample_image(plan: ExportPlan) -> np.ndarray:
+    """A real EM image from the bundled sample data, of the kind the model takes as input."""
     from .. import sample_data
     from ..tasks.superres import bin_mean
 
     if plan.model.task == "denoise":  # held-out rows of the SEM pair (4 us dwell)
-        image = sample_data.load_pair()[0][576:768, 256:512]
-    elif plan.model.task == "superres":  # its 2x2 binning: what a scan at twice the pixel size gives
-        image = bin_mean(sample_data.load_sstem()[0, :256, :256], plan.scale)
-    else:  # every f-th slice of the FIB-SEM crop: up to 5 acquired sections
-        volume = sample_data.load_fibsem()
-        image = volume[np.unique(np.minimum(np.arange(5) * plan.z_factor, len(volume) - 1))]
-    return np.ascontiguousarray(image, dtype=np.float32)[None, None]
+        return sample_data.load_pair()[0][576:768, 256:512]
+    if plan.model.task == "superres":  # 2x2 binning: what a scan at twice the pixel size gives
+        return bin_mean(sample_data.load_sstem()[0, :256, :256], plan.scale)
+    volume = sample_data.load_fibsem()  # every f-th section of the FIB-SEM crop
+    return volume[np.unique(np.minimum(np.arange(TEST_SECTIONS) * plan.z_factor, len(volume) - 1))]
+
+
+def _test_crop(plan: ExportPlan, image) -> np.ndarray:
+    """The central crop of ``image`` (or the image file) that the package stores as its test input:
+    at most 256 pixels a side and 5 sections, each side a size the package declares."""
+    from ..io import check_image, read_image
+
+    name = "the test image"
+    if isinstance(image, (str, os.PathLike)):
+        name, image = Path(image).name, read_image(image)
+    check_image(image, name)
+    isotropic = plan.model.task == "isotropic"
+    want = "a stack of acquired sections (Z, Y, X)" if isotropic else "a 2D image (Y, X)"
+    if image.ndim != (3 if isotropic else 2) or (isotropic and image.shape[0] < 2):
+        raise ExportError(f"{name} has shape {tuple(image.shape)}; a {plan.model.task} model takes {want} — "
+                          f"pass {want} as the test image")
+    window = [slice(0, min(image.shape[0], TEST_SECTIONS))] if isotropic else []
+    for side in image.shape[-2:]:
+        if side < plan.size_min:
+            raise ExportError(f"{name} is {side} pixels across; the package needs at least {plan.size_min} — "
+                              "pass a larger test image")
+        size = plan.size_min + (min(side, TEST_SIDE) - plan.size_min) // plan.multiple * plan.multiple
+        window.append(slice((side - size) // 2, (side - size) // 2 + size))
+    return np.ascontiguousarray(np.asarray(image[tuple(window)]), dtype=np.float32)
 
 
 def cover_image(plan: ExportPlan, raw: np.ndarray, restored: np.ndarray) -> np.ndarray:
@@ -250,8 +290,7 @@ def documentation(plan: ExportPlan) -> str:
         "",
         "## Validation",
         "",
-        "The test input is a real EM crop from the napari-emdiffuse sample data "
-        f"({_test_data_words(plan)}); `bioimageio test` reproduces the test output from it.",
+        f"The test input is {plan.test_source}; `bioimageio test` reproduces the test output from it.",
     ]
     evaluation = card.get("evaluation")
     if evaluation:
@@ -291,14 +330,15 @@ def _ensemble_words(model: RestorationModel) -> str:
     return f"{ensemble} rotations/flips of the input" if ensemble > 1 else f"{d['samples']} samples"
 
 
-def _test_data_words(plan: ExportPlan) -> str:
-    return {"denoise": "rows 576-767, columns 256-511 of the 4 us dwell SEM image of mouse cortex, EMDiffuse dataset",
-            "superres": "the 2x2 binning of a 256 x 256 crop of ISBI 2012 ssTEM (Drosophila larva VNC)",
-            "isotropic": f"every {plan.z_factor}th section of a FlyEM FIB-SEM crop (Drosophila medulla, "
-                         "CC BY, Janelia FlyEM / HHMI)"}[plan.model.task]
+def _sample_words(plan: ExportPlan) -> str:
+    return "a real EM crop from the napari-emdiffuse sample data (" + {
+        "denoise": "rows 576-767, columns 256-511 of the 4 us dwell SEM image of mouse cortex, EMDiffuse dataset",
+        "superres": "the 2x2 binning of a 256 x 256 crop of ISBI 2012 ssTEM, Drosophila larva VNC",
+        "isotropic": f"every {plan.z_factor}th section of a FlyEM FIB-SEM crop of Drosophila medulla, "
+                     "CC BY, Janelia FlyEM / HHMI"}[plan.model.task] + ")"
 
 
-def _axes(plan: ExportPlan, size_min: int, step: int, halo: int):
+def _axes(plan: ExportPlan, halo: int):
     """Input and output axes. Super-resolution: output y/x at 1/scale the input's pixel size;
     isotropic: input z spacing = z_factor output sections (size (Z-1)*f+1)."""
     from bioimageio.spec.model.v0_5 import (
@@ -313,7 +353,8 @@ def _axes(plan: ExportPlan, size_min: int, step: int, halo: int):
         outputs.append(SpaceOutputAxis(id=AxisId("z"), size=SizeReference(tensor_id=raw, axis_id=AxisId("z"),
                                                                             offset=1 - plan.z_factor), scale=1))
     for axis in ("y", "x"):
-        inputs.append(SpaceInputAxis(id=AxisId(axis), size=ParameterizedSize(min=size_min, step=step), scale=1))
+        inputs.append(SpaceInputAxis(id=AxisId(axis), size=ParameterizedSize(min=plan.size_min, step=plan.multiple),
+                                     scale=1))
         outputs.append(SpaceOutputAxisWithHalo(id=AxisId(axis), halo=halo * plan.scale, scale=1 / plan.scale,
                                                size=SizeReference(tensor_id=raw, axis_id=AxisId(axis))))
     return inputs, outputs
@@ -321,12 +362,13 @@ def _axes(plan: ExportPlan, size_min: int, step: int, halo: int):
 
 def export_bioimageio(model: RestorationModel | str | os.PathLike, output: str | os.PathLike, *,
                       name: str | None = None, license: str | None = None, authors: list[str] | None = None,
-                      z_factor: int | None = None) -> Path:
+                      z_factor: int | None = None, test_image=None) -> Path:
     """Write ``model`` (a RestorationModel, or anything :func:`load_model` takes) as a bioimageio
     package ``output`` (.zip), atomically: nothing appears at ``output`` unless the whole package
     was written. Returns its path. What cannot be exported raises :class:`ExportError` (a
     ValueError) with one line; the model's own files are only read."""
-    plan = prepare_export(model, output, name=name, license=license, authors=authors, z_factor=z_factor)
+    plan = prepare_export(model, output, name=name, license=license, authors=authors, z_factor=z_factor,
+                          test_image=test_image)
     return write_package(plan, Path(output))
 
 
@@ -368,7 +410,7 @@ def write_package(plan: ExportPlan, output: Path) -> Path:
     from bioimageio.spec import save_bioimageio_package
 
     network = build_network(plan)
-    raw = test_input(plan)
+    raw = plan.test_image[None, None]
     with torch.no_grad():
         restored = network(torch.from_numpy(raw)).numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -407,10 +449,8 @@ def _description(plan: ExportPlan, network: PosteriorMeanNetwork, restored: np.n
 
     model = plan.model
     torch_version = Version(torch.__version__.split("+")[0])
-    multiple = network.multiple
     # sizes the network takes without padding; the halo is half the restore core's tile overlap
-    in_axes, out_axes = _axes(plan, size_min=max(64, 2 * multiple) // multiple * multiple, step=multiple,
-                              halo=max(multiple, int(model.tile["overlap"]) // 2))
+    in_axes, out_axes = _axes(plan, halo=max(plan.multiple, int(model.tile["overlap"]) // 2))
     span = float(restored.max() - restored.min()) or 1.0
     return ModelDescr(
         name=plan.name,
@@ -467,5 +507,5 @@ def _provenance(plan: ExportPlan) -> dict:
             "weights_sha256": weights, "estimate": "posterior_mean, one pass, no ensemble", "seed": SEED}
 
 
-__all__ = ["export_bioimageio", "prepare_export", "plan_export", "write_package", "build_network", "architecture_source", "torchscript_network",
+__all__ = ["export_bioimageio", "prepare_export", "plan_export", "write_package", "sample_image", "build_network", "architecture_source", "torchscript_network",
            "ExportError", "ExportPlan"]
