@@ -15,9 +15,9 @@ def add_parser(subparsers) -> None:
         "export", help="package a model for the BioImage Model Zoo (bioimageio .zip)",
         description="Package MODEL as a BioImage Model Zoo model (bioimageio format 0.5): the single-pass "
                     "posterior-mean network with its normalisation, pytorch_state_dict and torchscript "
-                    "weights, test input and output, cover image, documentation and citation. Other tools "
-                    "(bioimageio.core, deepImageJ, ilastik, ...) then restore with it; sampled uncertainty "
-                    "stays with napari-emdiffuse. Check the package with `bioimageio test OUTPUT`.")
+                    "weights, test input and output, cover image, documentation and citation, for "
+                    "bioimageio.core and the other tools that read the format; sampled uncertainty stays "
+                    "with napari-emdiffuse. Check the package with `bioimageio test OUTPUT`.")
     parser.add_argument("model", metavar="MODEL",
                         help="bundled preset (see `emdiffuse models`), model card, run folder or EMDiffuse "
                              "*_Network.pth checkpoint")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         import bioimageio.spec  # noqa: F401 - the optional dependency, checked before any work
     except ImportError:
         fail(f"exporting needs the bioimageio extra, which is not installed — {EXTRA_HINT}")
-    from ..interchange.bioimageio_export import prepare_export, write_package
+    from ..interchange.bioimageio_export import eps_caveat, prepare_export, write_package
 
     plan = prepare_export(args.model, args.output, name=args.name, license=args.license, authors=args.authors,
                           z_factor=args.z_factor, test_image=args.test_image)
@@ -55,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
     note = "" if plan.authors else " (no authors given: add --authors before uploading to bioimage.io)"
     print(f"export: {model.name} ({model.task}) -> {path} ({size_mb:.1f} MB, pytorch_state_dict + torchscript, "
           f"licence {plan.license}){note}; check it with `bioimageio test {path}`")
+    if plan.kwargs["parameterization"] == "eps":
+        print(f"note: {eps_caveat(plan)}")
     return 0

@@ -188,7 +188,7 @@ def sample_image(plan: ExportPlan) -> np.ndarray:
     from .. import sample_data
     from ..tasks.superres import bin_mean
 
-    if plan.model.task == "denoise":  # held-out rows of the SEM pair (4 us dwell)
+    if plan.model.task == "denoise":  # the 4 us dwell SEM image, in the rows its card evaluates on
         return sample_data.load_pair()[0][576:768, 256:512]
     if plan.model.task == "superres":  # 2x2 binning: what a scan at twice the pixel size gives
         return bin_mean(sample_data.load_sstem()[0, :256, :256], plan.scale)
@@ -275,14 +275,25 @@ def documentation(plan: ExportPlan) -> str:
         + ", and the network's output is mapped back: the output is in the input's intensities (float32). "
         "It is inside because no bioimageio postprocessing step undoes a percentile scaling"
         + (" and none takes percentiles of block means" if kw["bin"] > 1 else "") + ".",
+        "",
+        "## Limitations",
+        "",
         "- Give it whole images, or tiles of at least a few hundred pixels: each tile is normalised on "
         "its own, and the declared halo should be cropped when tiling.",
+    ]
+    ensemble = int(model.diffusion.get("ensemble", 1))
+    if ensemble > 1:
+        lines.append(f"- One view of the input: napari-emdiffuse averages this model's estimate over {ensemble} "
+                     "rotations/flips of the input (its card's `ensemble`).")
+    if kw["parameterization"] == "eps":
+        lines.append(f"- {eps_caveat(plan)}")
+    lines += [
         "",
         "## What needs napari-emdiffuse",
         "",
         "This package gives the restored image only. **Sampled uncertainty needs napari-emdiffuse** "
         "(`pip install napari-emdiffuse`, then `emdiffuse denoise|superres|isotropic` or the napari "
-        "widgets, with the original model card): the per-pixel standard deviation over diffusion "
+        "widgets, with the same model: card, run folder or checkpoint): the per-pixel standard deviation over diffusion "
         "samples (`OUTPUT_std`), the aleatoric standard deviation of the network's variance head "
         "(`OUTPUT_aleatoric`), and the reliability mask calibrated on held-out data (`OUTPUT_mask`); also "
         "the average over rotations and flips (the model card's `ensemble`), tiling with blended seams, "
@@ -294,8 +305,8 @@ def documentation(plan: ExportPlan) -> str:
     ]
     evaluation = card.get("evaluation")
     if evaluation:
-        lines += ["", "The model card's evaluation (napari-emdiffuse's full procedure, which averages "
-                  f"{_ensemble_words(model)}; this single pass is its first step):", "", "```yaml",
+        lines += ["", "The model card's evaluation, made with napari-emdiffuse and the settings listed with "
+                  "each figure (this package computes the one-view, one-sample posterior mean):", "", "```yaml",
                   _yaml(evaluation).rstrip(), "```"]
     else:
         lines += ["", "Validate it on your own held-out pairs (input and reference acquired separately): "
@@ -312,6 +323,15 @@ def documentation(plan: ExportPlan) -> str:
     return "\n".join(lines)
 
 
+def eps_caveat(plan: ExportPlan) -> str:
+    """Why the single pass of a noise-predicting network (EMDiffuse's) may be poor."""
+    return (f"This network predicts the noise (eps, as EMDiffuse's networks do): its clean-image estimate at the "
+            f"noisiest level multiplies the error of that prediction by sigma_max = {plan.kwargs['sigma_max']:.0f}, "
+            "so this single pass can be far worse than napari-emdiffuse's sampled restoration (the mean of "
+            "diffusion samples, its default for such networks); compare the two on your data before relying "
+            "on it. Networks trained by napari-emdiffuse predict x0 and train at sigma_max for this estimate.")
+
+
 def _yaml(data) -> str:
     import yaml
 
@@ -322,12 +342,6 @@ def _source_words(model: RestorationModel) -> str:
     fmt = (model.card.get("source") or {}).get("format")
     where = Path(model.source).name if model.source else model.name
     return f"the EMDiffuse checkpoint `{where}`" if fmt == "emdiffuse" else f"the model `{model.name}` ({where})"
-
-
-def _ensemble_words(model: RestorationModel) -> str:
-    d = model.diffusion
-    ensemble = int(d.get("ensemble", 1))
-    return f"{ensemble} rotations/flips of the input" if ensemble > 1 else f"{d['samples']} samples"
 
 
 def _sample_words(plan: ExportPlan) -> str:
