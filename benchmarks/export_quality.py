@@ -24,26 +24,26 @@ from napari_emdiffuse import evaluation, sample_data
 from napari_emdiffuse.interchange.bioimageio_export import build_network, plan_export
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.restore import restore
-from napari_emdiffuse.tasks.isotropic import linear_interpolation, reconstruct
+from napari_emdiffuse.tasks.isotropic import linear_interpolation
 from napari_emdiffuse.tasks.superres import bicubic_baseline, bin_mean
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def task_data(preset: str):
-    """(input, reference, baseline name, baseline, restore function, scored part of the output)."""
+    """(input, reference, baseline name, baseline, scored part of the output)."""
     if preset == "demo-denoise":
         noisy, clean = (a[576:768] for a in sample_data.load_pair())
-        return noisy, clean, "noisy input", noisy, restore, np.s_[...]
+        return noisy, clean, "noisy input", noisy, np.s_[...]
     if preset == "superres-sstem":
         high = tifffile.imread(REPO / "weights/data/sstem_isbi2012_val.tif")
         low = bin_mean(high, 2)
-        return low, high, "bicubic", bicubic_baseline(low, 2, dtype=high.dtype), restore, np.s_[...]
+        return low, high, "bicubic", bicubic_baseline(low, 2, dtype=high.dtype), np.s_[...]
     volume = sample_data.load_fibsem()[:61]
     acquired = volume[::5]
     generated = np.ones(len(volume), bool)
     generated[::5] = False
-    return acquired, volume, "linear interpolation", linear_interpolation(acquired, 5), reconstruct, generated
+    return acquired, volume, "linear interpolation", linear_interpolation(acquired, 5), generated
 
 
 def exported(model, image) -> np.ndarray:
@@ -67,9 +67,9 @@ def main() -> None:
     rows = []
     for preset in args.presets:
         model = load_model(preset)
-        image, reference, baseline_name, baseline, run, part = task_data(preset)
+        image, reference, baseline_name, baseline, part = task_data(preset)
         t0 = time.perf_counter()
-        full = run(image, model, device="cpu").mean
+        full = restore(image, model, device="cpu").mean
         t1 = time.perf_counter()
         single = exported(model, image)
         t2 = time.perf_counter()

@@ -26,7 +26,6 @@ from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.noise import positional_noise
 from napari_emdiffuse.restore import restore
 from napari_emdiffuse.sample_data import load_fibsem, load_pair, load_sstem
-from napari_emdiffuse.tasks.isotropic import reconstruct
 from napari_emdiffuse.tasks.superres import bin_mean
 
 REFERENCE = Path(__file__).parent / "data" / "emdiffuse"
@@ -143,21 +142,20 @@ class PluginNoise(PosteriorMeanNetwork):
 @pytest.mark.parametrize("task", ["denoise", "superres", "isotropic"])
 def test_exported_network_is_the_restore_posterior_mean(task, tmp_path):
     if task == "denoise":  # the real preset: its binned normalisation and x0 parameterisation
-        model, image, run = load_model("demo-denoise"), load_pair()[0][576:704, :160], restore
+        model, image = load_model("demo-denoise"), load_pair()[0][576:704, :160]
     elif task == "superres":  # residual network on the bicubic condition, odd size (padding)
         folder = write_tiny_run(tmp_path / "sr", task="superres", superres={"scale": 2},
                                 network=dict(TINY_CARD["network"], kind="residual_unet"))
-        model, image, run = load_model(folder), bin_mean(load_sstem()[0, :100, :120], 2), restore
+        model, image = load_model(folder), bin_mean(load_sstem()[0, :100, :120], 2)
     else:  # the vEMDiffuse-layout network: slice embedding, condition [slice i+1, slice i]
-        model, image, run = load_model(VEMDIFFUSE), load_fibsem()[0:9:4, :64, :72], reconstruct
-    model.card.setdefault("diffusion", {})["precision"] = "fp32"
+        model, image = load_model(VEMDIFFUSE), load_fibsem()[0:9:4, :64, :72]
     plan = bmz.plan_export(model, license="MIT", z_factor=4 if task == "isotropic" else None)
     exported = bmz.build_network(plan)
     with_plugin_noise = PluginNoise(**plan.kwargs)
     with_plugin_noise.load_state_dict(exported.state_dict())
     options = {"z_factor": 4} if task == "isotropic" else {}
-    expected = run(image, model, samples=1, steps=1, estimate="posterior_mean", ensemble=1, tile=1024,
-                   device="cpu", **options).mean.astype(np.float32)
+    expected = restore(image, model, samples=1, steps=1, estimate="posterior_mean", ensemble=1, tile=1024,
+                       precision="fp32", device="cpu", **options).mean.astype(np.float32)
     x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None]
     with torch.no_grad():
         got = with_plugin_noise.eval()(x)[0, 0].numpy()

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.residual import ResidualUNet
 from ..nn.unet import UNet
-from ..tasks.residual import ResidualUNet
 
 # (TorchScript reads no module globals: constants are literals or attributes)
 
