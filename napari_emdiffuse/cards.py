@@ -182,6 +182,7 @@ class Card(_Section):
     name: Annotated[str, Field(min_length=1)]
     task: str
     description: str = None
+    license: Annotated[str, Field(min_length=1)] = None  # of the weights (an SPDX id), for exports
     network: Network
     diffusion: Optional[Diffusion] = None
     normalization: Optional[Normalization] = None

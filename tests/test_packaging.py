@@ -59,7 +59,8 @@ def _imports() -> list[tuple[str, str, bool]]:
 
 # Modules that exist for one optional extra: they import it at their top, and nothing in the
 # package imports them when it loads (checked below), so the package works without the extra.
-OPTIONAL_MODULES = {"napari_emdiffuse/streaming/cluster.py": "distributed"}
+OPTIONAL_MODULES = {"napari_emdiffuse/streaming/cluster.py": "distributed",
+                    "napari_emdiffuse/interchange/bioimageio_export.py": "bioimageio"}
 
 
 def _module_imported_at_load(dotted: str) -> list[str]:

@@ -1,12 +1,12 @@
 """The ``emdiffuse`` command line: ``models``, one restoring subcommand per registered task
-(denoise, superres, isotropic, ...: :mod:`.restore_cmd`) and ``train``. Each module exposes
+(denoise, superres, isotropic, ...: :mod:`.restore_cmd`), ``train`` and ``export``. Each module exposes
 ``add_parser(subparsers)`` (which sets ``func``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import models_cmd, restore_cmd, train_cmd
+from . import export_cmd, models_cmd, restore_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.add_parser(sub)
     restore_cmd.add_parsers(sub)
     train_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     return parser
 
 
