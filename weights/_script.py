@@ -53,20 +53,27 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
 class TimeBudget:
     """Fits the run (and so its cosine learning-rate schedule) into ``minutes`` on a shared CPU:
     after ``measure_steps`` steps and every ``every`` steps after that, the total is set to what
-    the remaining time allows at the recent rate, never above the steps asked for."""
+    the remaining time allows at the recent rate, never above the steps asked for. ``clock`` is
+    wall-clock time by default; ``time.process_time`` makes it a budget of the process's CPU time,
+    which other jobs on a shared machine barely change (runs compared on it get the same budget)."""
 
-    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200, start_step: int = 0):
-        self.seconds, self.every = minutes * 60, every
+    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200, start_step: int = 0,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.every, self.clock = minutes * 60, every, clock
         self.first = start_step + measure_steps  # a resumed run measures from where it resumed
-        self.t0 = time.perf_counter()
+        self.t0 = clock()
         self.mark = (start_step, self.t0)
         self.asked: int | None = None
+
+    def used(self) -> float:
+        """Seconds of the budget's clock spent since it started."""
+        return self.clock() - self.t0
 
     def __call__(self, trainer, step: int) -> None:
         if not self.seconds or step < self.first or (step - self.first) % self.every:
             return
         self.asked = self.asked or trainer.cfg.steps
-        now = time.perf_counter()
+        now = self.clock()
         rate = (step - self.mark[0]) / (now - self.mark[1])
         self.mark = (step, now)
         left = self.seconds * 0.95 - (now - self.t0)  # validations and checkpoints take the rest
