@@ -99,6 +99,13 @@ def predicted_error(std, aleatoric, calibration: dict | None = None) -> np.ndarr
 
 
 # ---- inputs beyond what the model was validated on -------------------------------------------------
+# Two cheap signs that an input is unlike the model's validation data (e.g. another modality): the
+# model finds it harder (the map's relative error above the card's limit), or what a denoiser
+# removed does not look like the noise it was validated on (lag-1 correlations of input - output,
+# compared with the card's; only for tasks whose output is on the input's grid).
+CORRELATION_TOLERANCE = 0.1
+
+
 def relative_error(predicted, span: float) -> float:
     """The RMS of a predicted-error map in the model's [-1, 1] units (``2 / span`` times grey
     levels, ``span`` the normaliser's hi - lo): how hard the model finds the input, whatever its
@@ -107,12 +114,40 @@ def relative_error(predicted, span: float) -> float:
     return float(np.sqrt((predicted ** 2).mean()) * 2 / span) if predicted.size else 0.0
 
 
-def beyond_validation(predicted, span: float, card_uncertainty: dict | None) -> bool | None:
-    """True when the input is harder for the model than anything it was validated on: the map's
-    :func:`relative_error` above the card's ``uncertainty.validated.limit`` (the hardest
-    validation input, e.g. a noisier copy, with a margin). Such a result, e.g. an image of another
-    modality, should be treated as unvalidated whatever its map says. None without a limit."""
-    limit = ((card_uncertainty or {}).get("validated") or {}).get("limit")
-    if limit is None or predicted is None:
+def residual_correlation(image, restored) -> list[float]:
+    """Lag-1 autocorrelation along y and x of what restoring removed (``image - restored``, each
+    plane centred): the spatial character of the noise a denoiser saw in its input."""
+    resid = np.asarray(image, dtype=np.float64) - np.asarray(restored, dtype=np.float64)
+    resid = resid.reshape(-1, *resid.shape[-2:])
+    resid = resid - resid.mean(axis=(-2, -1), keepdims=True)
+    var = float((resid ** 2).mean())
+    if var <= 0:
+        return [0.0, 0.0]
+    return [float((resid[:, 1:] * resid[:, :-1]).mean() / var), float((resid[..., 1:] * resid[..., :-1]).mean() / var)]
+
+
+def validation_check(predicted, span: float, card_uncertainty: dict | None, image=None, restored=None) -> dict | None:
+    """Whether an input lies beyond what the model was validated on (the card's
+    ``uncertainty.validated``): ``beyond`` is True when the map's :func:`relative_error` exceeds
+    ``limit`` (the hardest validation input, e.g. a noisier copy, with a margin) or, given the
+    input and the restored image on the same grid, when :func:`residual_correlation` differs from
+    the card's ``residual_correlation`` by more than its ``tolerance``; ``why`` says which. Such a
+    result, e.g. an image of another modality, is unvalidated whatever its map says. None when
+    the card states no limit."""
+    validated = (card_uncertainty or {}).get("validated") or {}
+    if "limit" not in validated or predicted is None:
         return None
-    return relative_error(predicted, span) > float(limit)
+    out = {"relative_error": round(relative_error(predicted, span), 4), "why": []}
+    if out["relative_error"] > float(validated["limit"]):
+        out["why"].append(f"predicted error {out['relative_error']:.3f} of the intensity span, above the "
+                          f"validated {float(validated['limit']):.3f}")
+    reference = validated.get("residual_correlation")
+    if reference is not None and image is not None and restored is not None:
+        got = residual_correlation(image, restored)
+        out["residual_correlation"] = [round(v, 3) for v in got]
+        tolerance = float(validated.get("tolerance", CORRELATION_TOLERANCE))
+        if max(abs(a - b) for a, b in zip(got, reference)) > tolerance:
+            out["why"].append(f"the removed noise's correlation (y {got[0]:.2f}, x {got[1]:.2f}) is unlike "
+                              f"the validation data's (y {reference[0]:.2f}, x {reference[1]:.2f})")
+    out["beyond"] = bool(out["why"])
+    return out
