@@ -46,7 +46,9 @@ OTHER_MODALITIES = {  # (file, slices): images the SEM model was never meant for
     "ssTEM (ISBI 2012, 4 nm)": ("weights/data/sstem_isbi2012_test.tif", [0, 5]),
     "FIB-SEM (FlyEM, 10 nm)": ("weights/data/fibsem_flyem_test.tif", [8, 24, 40, 56]),
 }
-VALIDATED_MARGIN = 1.1  # an input is beyond validation when its relative error exceeds the noisier copy's by this
+BLOCKS: dict[int, dict] = {}  # each judged case's block arrays, saved for re-analysis without re-running
+VALIDATED_MARGIN = 1.1
+SYNTHETIC_DRAWS = 4  # an input is beyond validation when its relative error exceeds the noisier copy's by this
 
 
 def gaussian(image, sigma):
@@ -108,8 +110,10 @@ def judge(res, noisy, reference, unc: dict) -> dict:
     predicted = ev.block_rms(pe)
     flagged = predicted * 2 / span_of(res) > unc["threshold"]
     errors = ev.block_rmse(res.mean, reference)
-    out = ev.judge_predicted_error(predicted, errors, proxies(noisy, res.mean), flagged)
+    near = proxies(noisy, res.mean)
+    out = ev.judge_predicted_error(predicted, errors, near, flagged)
     out["validation_check"] = validation_check(pe, span_of(res), unc, noisy, res.mean)
+    BLOCKS[len(BLOCKS)] = {"predicted": predicted, "error": errors, **{f"proxy_{i}": v for i, v in enumerate(near.values())}}
     return out
 
 
@@ -171,6 +175,30 @@ def other_modalities(model, settings, unc: dict, noise: dict, noise_span: float,
     return out
 
 
+def expected_error(model, settings, noisy, clean, noise: dict, unc: dict, draws: int = SYNTHETIC_DRAWS) -> dict:
+    """The synthetic case with several noise draws: each block's *expected* error (the RMS over
+    the draws), which the map claims to predict, is then known far better than from one draw (one
+    draw's block error is itself noisy: two draws agree on the block ranking only so far, printed
+    as ``spearman_between_draws``). The map and the proxies of each draw are scored against it."""
+    errors, maps, near = [], [], []
+    for seed in range(draws):
+        image, truth = ev.synthetic_pair(noisy, clean, noise, seed=seed)
+        res = run(model, image, **settings)
+        errors.append(ev.block_rmse(res.mean, truth) ** 2)
+        maps.append(ev.block_rms(predicted_error(res.std, res.aleatoric, unc["predicted_error"])))
+        near.append(proxies(image, res.mean))
+    expected = np.sqrt(np.mean(errors, axis=0))
+    out = {"draws": draws, "spearman_between_draws": round(ev.spearman(errors[0], errors[1]), 3),
+           "spearman": round(float(np.mean([ev.spearman(m, expected) for m in maps])), 3),
+           "ause": round(float(np.mean([ev.ause(m, expected) for m in maps])), 4), "proxies": {}}
+    for name in near[0]:
+        out["proxies"][name] = {"spearman": round(float(np.mean([ev.spearman(p[name], expected) for p in near])), 3),
+                                "ause": round(float(np.mean([ev.ause(p[name], expected) for p in near])), 4)}
+    out["reliability"] = ev.reliability(np.mean(maps, axis=0), expected)
+    print("synthetic, expected error", json.dumps(out), flush=True)
+    return out
+
+
 def evaluate(args) -> dict:
     noisy_full, clean_full = load_pair()
     split = {part: ev.rows_of(PRESET, part) for part in ("train", "val", "test")}
@@ -198,6 +226,7 @@ def evaluate(args) -> dict:
         report[name] = entry
         print(name, json.dumps({k: v for k, v in entry.items() if k != "uncertainty"}), flush=True)
         print(name, "uncertainty", json.dumps(entry["uncertainty"]), flush=True)
+    report["synthetic"]["expected_error"] = expected_error(model, settings, noisy, clean, noise, unc)
     rise = {k: report[k]["uncertainty"] for k in ("as_acquired", "noisier")}
     report["noisier_response"] = {
         "rms_predicted": [rise["as_acquired"]["rms_predicted"], rise["noisier"]["rms_predicted"]],
@@ -306,6 +335,9 @@ def main() -> None:
     report = evaluate(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
+    np.savez(Path(args.out).with_suffix(".blocks.npz"),
+             **{f"{case}_{key}": v for case, arrays in zip(("as_acquired", "noisier", "synthetic"), BLOCKS.values())
+                for key, v in arrays.items()})
     print("written", args.out)
     if args.update_card:
         print("updated", update_card(report))

@@ -227,6 +227,7 @@ def judge_uncertainty(predicted_blocks, error_blocks, proxy_blocks) -> dict:
 SOURCES = (("aleatoric",), ("spread",), ("aleatoric", "spread"))
 SMOOTHING_PX = (0.0, 2.0, 4.0, 8.0, 16.0)
 MASK_BUDGET, MASK_WORST, MASK_RECALL = 0.15, 0.10, 0.5
+SPEARMAN_SLACK = 0.01
 
 
 def _block_mean_square(values, sigma: float, block: int) -> np.ndarray:
@@ -253,8 +254,8 @@ def fit_weights(mean_squares: dict, error_blocks) -> dict:
 def fit_predicted_error(std, aleatoric, error_blocks, block: int = BLOCK,
                         sources=SOURCES, smoothing=SMOOTHING_PX) -> tuple[dict, list[dict]]:
     """The calibration of :func:`napari_emdiffuse.uncertainty.predicted_error` that ranks the
-    blocks of a validation region best (Spearman; AUSE breaks ties), with its weights fitted
-    there; when it needs the spread, a ``fallback`` on the aleatoric std alone for results of one
+    blocks of a validation region best (Spearman; within ``SPEARMAN_SLACK`` of the best, the most
+    smoothing, then the fewest sources), with its weights fitted there; when it needs the spread, a ``fallback`` on the aleatoric std alone for results of one
     sample. Returns (calibration, every candidate's scores)."""
     from .uncertainty import predicted_error
 
@@ -265,6 +266,10 @@ def fit_predicted_error(std, aleatoric, error_blocks, block: int = BLOCK,
             continue
         for sigma in smoothing:
             weights = fit_weights({n: _block_mean_square(available[n], sigma, block) for n in names}, error_blocks)
+            weights = {n: w for n, w in weights.items() if w > 0} or weights  # a source weighted 0 is not needed
+            if len(weights) < len(names) and any(r["weights"].keys() == weights.keys() and r["smoothing_px"] == sigma
+                                                 for r in table):
+                continue  # the same as a single-source candidate already scored
             cal = {"weights": weights, "smoothing_px": sigma}
             pred = block_rms(predicted_error(std, aleatoric, cal), block)
             table.append({**cal, "spearman": round(spearman(pred, error_blocks), 3),
@@ -273,7 +278,11 @@ def fit_predicted_error(std, aleatoric, error_blocks, block: int = BLOCK,
         raise ValueError("neither a sample spread nor an aleatoric std to calibrate: use 2+ samples")
 
     def best(rows):
-        row = max(rows, key=lambda r: (r["spearman"], -r["ause"]))
+        # within SPEARMAN_SLACK of the best ranking, the smoother map (regions, not speckle), then
+        # the one that needs fewer sources
+        top = max(r["spearman"] for r in rows)
+        near = [r for r in rows if r["spearman"] >= top - SPEARMAN_SLACK]
+        row = max(near, key=lambda r: (r["smoothing_px"], -len(r["weights"]), r["spearman"], -r["ause"]))
         return {"weights": row["weights"], "smoothing_px": row["smoothing_px"]}
 
     chosen = best(table)
@@ -327,17 +336,29 @@ def calibrate_uncertainty(std, aleatoric, error_blocks, span: float, block: int 
             "candidates": table}
 
 
-def judge_predicted_error(predicted_blocks, error_blocks, proxies: dict, flagged=None) -> dict:
+def within_images(score, predicted_blocks, error_blocks, images: int) -> float:
+    """The mean of ``score`` computed image by image (blocks in :func:`blocks` order): how well a
+    map ranks the blocks of one image, apart from telling a harder image from an easier one."""
+    parts = zip(np.array_split(np.asarray(predicted_blocks), images), np.array_split(np.asarray(error_blocks), images))
+    return float(np.mean([score(p, e) for p, e in parts]))
+
+
+def judge_predicted_error(predicted_blocks, error_blocks, proxies: dict, flagged=None, images: int = 1) -> dict:
     """:func:`judge_uncertainty` against every proxy (e.g. the gradient of the input and of the
     output), with the pass marks: ``ranks`` (Spearman and AUSE beat the *better* proxy by the
     margins above), ``calibrated`` (every decile within the tolerance), and the mask's precision
-    and recall when ``flagged`` blocks are given."""
+    and recall when ``flagged`` blocks are given. For a stack of ``images`` planes, the Spearman
+    within each image (averaged) is reported too, for the map and each proxy."""
     predicted_blocks = np.asarray(predicted_blocks, dtype=np.float64)
     out = {"spearman": round(spearman(predicted_blocks, error_blocks), 3),
            "ause": round(ause(predicted_blocks, error_blocks), 4), "proxies": {}}
+    if images > 1:
+        out["spearman_within_images"] = round(within_images(spearman, predicted_blocks, error_blocks, images), 3)
     for name, proxy in proxies.items():
         out["proxies"][name] = {"spearman": round(spearman(proxy, error_blocks), 3),
                                 "ause": round(ause(proxy, error_blocks), 4)}
+        if images > 1:
+            out["proxies"][name]["spearman_within_images"] = round(within_images(spearman, proxy, error_blocks, images), 3)
     best_sp = max(p["spearman"] for p in out["proxies"].values())
     best_ause = min(p["ause"] for p in out["proxies"].values())
     out["spearman_gain"] = round(out["spearman"] - best_sp, 3)

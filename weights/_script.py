@@ -196,13 +196,16 @@ def evaluate(args, name: str, val: Region, test: Region, baseline: str, run_mode
                       baseline: ev.scores(base, reference),
                       "margin": ev.psnr_margin(mean, base, reference),
                       "uncertainty": ev.judge_predicted_error(predicted, ev.block_rmse(mean, reference), proxies,
-                                                              predicted * 2 / (hi - lo) > unc["threshold"])}
+                                                              predicted * 2 / (hi - lo) > unc["threshold"],
+                                                              images=len(mean) if mean.ndim == 3 else 1)}
     report["test"]["uncertainty"]["relative_error"] = round(relative_error(pe, hi - lo), 4)
     report["uncertainty"] = unc
     print("test", json.dumps(report["test"]), flush=True)
     out = REPO / "build" / f"{name}_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
+    np.savez(out.with_suffix(".blocks.npz"), predicted=predicted, error=ev.block_rmse(mean, reference),
+             **{f"proxy_{i}": v for i, v in enumerate(proxies.values())})  # for re-analysis without re-running
     if args.update_card:
         path = REPO / "models" / f"{args.model}.yaml"
         card = yaml.safe_load(path.read_text())
@@ -210,7 +213,8 @@ def evaluate(args, name: str, val: Region, test: Region, baseline: str, run_mode
         card["uncertainty"] = {**{k: v for k, v in unc.items() if k != "candidates"},
                                "calibrated_on": f"{notes['val']}, 16 x 16 blocks",
                                "test": {k: report["test"]["uncertainty"][k]
-                                        for k in ("spearman", "ause", "proxies", "ranks", "calibrated", "mask")}}
+                                        for k in ("spearman", "spearman_within_images", "ause", "proxies", "ranks",
+                                                  "calibrated", "mask") if k in report["test"]["uncertainty"]}}
         card["evaluation"] = {"protocol": report["protocol"], "val": notes["val"], "test": notes["test"],
                               "model": report["test"]["model"], baseline: report["test"][baseline],
                               f"margin_over_{baseline}": {"db": margin["margin_db"], "ci95": margin["ci95"],
