@@ -1,5 +1,5 @@
-"""Shared pieces of the speed and quality benchmarks: the held-out region, the demo model,
-image metrics, FLOP counting, the machine's measured peak and its load while we measure."""
+"""Shared pieces of the speed and quality benchmarks: the validation region settings are
+compared on, the demo model, image metrics (napari_emdiffuse.evaluation's), FLOP counting, the machine's measured peak and its load while we measure."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.device import cpu_has_native_bf16
 from napari_emdiffuse.engine import Settings
 from napari_emdiffuse.engine.sampling import sample_unit
@@ -18,7 +19,9 @@ from napari_emdiffuse.streaming import weights_fingerprint
 from napari_emdiffuse.tasks import Unit
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT_ROWS = slice(576, 768)  # never seen in training (weights/train_demo_denoise.py)
+# Settings are compared (samplers, steps, the EMDiffuse recipe) on the demo pair's validation rows;
+# the test rows are only for the reported figures (napari_emdiffuse/evaluation.py).
+HELD_OUT_ROWS = ev.rows_of("demo-denoise", "val")
 
 # EMDiffuse-n as published: 15.7 M parameters.
 PUBLISHED_UNET = dict(in_channel=2, inner_channel=32, channel_mults=(1, 2, 4, 8), res_blocks=2,
@@ -30,11 +33,13 @@ GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.
 
 
 def held_out(columns: slice = slice(None), rows: slice = HELD_OUT_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy 4 us, clean 36 us) uint8 crops of the held-out rows 576-767 of the real SEM pair."""
+    """(noisy 4 us, clean 36 us) uint8 crops of the validation rows of the real SEM pair."""
     from napari_emdiffuse.sample_data import load_pair
 
-    if (rows.start or 0) < HELD_OUT_ROWS.start:
-        raise ValueError(f"rows {rows.start}-{rows.stop} include training rows: use rows from 576 on")
+    start, stop = rows.start or 0, rows.stop
+    if start < HELD_OUT_ROWS.start or stop is None or stop > HELD_OUT_ROWS.stop:
+        raise ValueError(f"rows {start}-{stop} leave the validation rows "
+                         f"{HELD_OUT_ROWS.start}-{HELD_OUT_ROWS.stop}: compare settings there")
     noisy, clean = load_pair()
     return noisy[rows, columns], clean[rows, columns]
 
@@ -57,26 +62,8 @@ def load_demo(source: str | None = None):
     return model, f"{source}" + (f" (training step {step})" if step else "")
 
 
-def affine_match(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``a * image + b`` with a, b the least-squares fit to ``reference`` (removes the
-    brightness/contrast difference between dwell times before comparing)."""
-    x = image.astype(np.float64).ravel()
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, reference.astype(np.float64).ravel(), rcond=None)
-    return (a * image.astype(np.float64) + b)
-
-
-def psnr(image: np.ndarray, reference: np.ndarray, data_range: float = 255.0) -> float:
-    """PSNR after the affine intensity match, in dB."""
-    err = affine_match(image, reference) - reference.astype(np.float64)
-    return float(10 * np.log10(data_range ** 2 / np.mean(err ** 2)))
-
-
-def ssim(image: np.ndarray, reference: np.ndarray, data_range: float = 255.0) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(affine_match(image, reference), reference.astype(np.float64),
-                                       data_range=data_range))
+# The project's one PSNR / SSIM definition (affine intensity match, peak 255 for these 8-bit data).
+affine_match, psnr, ssim = ev.affine_match, ev.psnr, ev.ssim
 
 
 def count_flops(network: torch.nn.Module, x: torch.Tensor, level: torch.Tensor) -> int:
@@ -148,7 +135,7 @@ def header(title: str) -> None:
     print(f"# {title}\n# {time.strftime('%Y-%m-%d %H:%M')} | {machine()} | {load_note()}", flush=True)
 
 
-# --- sampling the held-out region -------------------------------------------------------------
+# --- sampling the validation region -------------------------------------------------------------
 
 def recipe_sigmas(sigma_min: float, sigma_max: float, skip_repeats: bool = False) -> torch.Tensor:
     """EMDiffuse's sampling grid: all 1000 timesteps of its linear 1e-4..0.09 test schedule,

@@ -1,5 +1,6 @@
 """Side by side, one run, same machine, same weights, same image: the EMDiffuse recipe against
-this project's default recipe, on the held-out SEM region (rows 576-767, 192 x 768 pixels).
+this project's default recipe, on the SEM pair's validation rows (176-271, 96 x 768 pixels;
+napari_emdiffuse/evaluation.py: settings are compared on val, never on test).
 
     PYTHONPATH=. python3 benchmarks/recipe_vs_default.py [--timed-steps 50]
 
@@ -8,7 +9,7 @@ EMDiffuse recipe: ancestral DDPM over all 1000 levels of its linear 1e-4..0.09 t
 256-pixel tiles at stride 224 one at a time (batch 1), fp32, NCHW. Its wall time is measured on
 the last ``--timed-steps`` of the 1000 steps (a network evaluation costs the same at any noise
 level) and scaled to 1000. Its quality comes from a full run (cached in build/bench/).
-Both are timed on the whole held-out region (192 x 768) and compared for quality on its first
+Both are timed on the whole validation band (96 x 768) and compared for quality on its first
 256 columns (the 1000-step run costs four times as much on the whole region).
 Default recipe: ``restore(image, model)`` with the model card's settings, end to end.
 Also printed: network evaluations per second of a 256x256 tile and the fraction of the
@@ -33,16 +34,16 @@ def main() -> None:
     ap.add_argument("--timed-steps", type=int, default=20, help="steps of the 1000-step recipe that are timed")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of the default recipe (fastest kept)")
     ap.add_argument("--model", default=None, help="model name or run folder (default: the demo model)")
-    ap.add_argument("--columns", default="0:256", help="held-out columns for the quality comparison")
-    ap.add_argument("--rows", default="576:768", help="held-out rows for the quality comparison")
-    ap.add_argument("--time-columns", default="0:768", help="held-out columns for the timing")
+    ap.add_argument("--columns", default="0:256", help="validation columns for the quality comparison")
+    ap.add_argument("--rows", default="176:272", help="validation rows for the quality comparison")
+    ap.add_argument("--time-columns", default="0:768", help="validation columns for the timing")
     args = ap.parse_args()
     noisy_t, _ = held_out(span(args.time_columns))
     noisy, clean = held_out(span(args.columns), span(args.rows))
     model, source = load_demo(args.model)
     cpu = torch.device("cpu")
-    header(f"EMDiffuse recipe vs default recipe, {source}; timed on held-out {noisy_t.shape[0]}x{noisy_t.shape[1]}, "
-           f"quality on held-out {noisy.shape[0]}x{noisy.shape[1]} (rows {args.rows}, columns {args.columns})")
+    header(f"EMDiffuse recipe vs default recipe, {source}; timed on val rows {noisy_t.shape[0]}x{noisy_t.shape[1]}, "
+           f"quality on val {noisy.shape[0]}x{noisy.shape[1]} (rows {args.rows}, columns {args.columns})")
 
     # The project's default, end to end (a short warm-up call first builds the oneDNN kernels).
     restore(noisy[:, :256], model, steps=1, samples=1, device="cpu")

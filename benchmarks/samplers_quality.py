@@ -1,12 +1,12 @@
-"""Quality against network evaluations on the held-out region (rows 576-767 of the real SEM pair):
+"""Quality against network evaluations on the validation rows (176-271) of the real SEM pair:
 EMDiffuse's 1000-step ancestral DDPM against the fast samplers and noise grids at few steps.
 
     PYTHONPATH=. python3 benchmarks/samplers_quality.py [--columns 0:256] [--steps 1 2 3 4 5 10 20]
 
 Every row is the mean of 2 samples (as EMDiffuse reports), seed 0, the demo model, tiles of 256
-with overlap 32, fp32. The default crop is the held-out rows' first 256 columns (192 x 256, one
-tile): the 1000-step row costs 876 tile evaluations there, four times that on the whole region.
-PSNR/SSIM after a least-squares affine intensity match to the 36 us image; "PSNR 1" is a single
+with overlap 32, fp32. The default crop is the validation rows' first 256 columns (96 x 256, one
+tile); settings are compared on val, never on test (napari_emdiffuse/evaluation.py).
+PSNR/SSIM as napari_emdiffuse/evaluation.py defines them (affine match to the 36 us image, peak 255); "PSNR 1" is a single
 sample; "spread" is the mean per-pixel std between the two samples in grey levels (a sampler
 that collapses to the blurred mean has none); "PSNR pm" is restore's posterior-mean estimate (the
 denoiser at the first, noisiest level, averaged over the 2 starts). NFE = network evaluations per
@@ -46,8 +46,8 @@ def configs(steps: list[int], grids: bool, samplers=SAMPLERS) -> list[tuple[str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--columns", default="0:256", help="column range of the held-out rows, e.g. 0:256")
-    ap.add_argument("--rows", default="576:768", help="rows (within the held-out 576:768)")
+    ap.add_argument("--columns", default="0:256", help="column range of the validation rows, e.g. 0:256")
+    ap.add_argument("--rows", default="176:272", help="rows (within the validation rows 176:272)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4, 5, 10, 20])
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     ap.add_argument("--no-grids", action="store_true", help="skip the noise-grid variants of dpmpp_2m")
@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     noisy, clean = held_out(span(args.columns), span(args.rows))
     model, source = load_demo(args.model)
-    header(f"quality vs network evaluations, {source}, held-out rows {args.rows} x columns {args.columns}")
+    header(f"quality vs network evaluations, {source}, val rows {args.rows} x columns {args.columns}")
     rows = []
     print(f"{'sampler / grid':28s} {'steps':>5s} {'NFE':>5s} {'PSNR':>7s} {'PSNR 1':>7s} {'SSIM':>6s} {'spread':>6s} "
           f"{'PSNR pm':>7s} {'s':>6s}")

@@ -12,7 +12,7 @@ from napari_emdiffuse.model import RestorationModel, model_from_card
 from napari_emdiffuse.restore import restore
 from napari_emdiffuse.sample_data import load_sstem
 from napari_emdiffuse.tasks import superres as sr
-from napari_emdiffuse.tasks.metrics import psnr
+from napari_emdiffuse.evaluation import psnr
 from napari_emdiffuse.training import pairs
 from napari_emdiffuse.training.data import PatchPairs
 from napari_emdiffuse.training.trainer import Trainer, TrainConfig
@@ -93,7 +93,7 @@ def test_bicubic_baseline_beats_nearest_on_real_data():
     hr = load_sstem()[0].astype(np.float32)
     lr = sr.bin_mean(hr, 2)
     nearest = np.repeat(np.repeat(lr, 2, 0), 2, 1)
-    assert psnr(sr.bicubic_baseline(lr, 2), hr, 255) > psnr(nearest, hr, 255)
+    assert psnr(sr.bicubic_baseline(lr, 2), hr, 255.0) > psnr(nearest, hr, 255.0)
 
 
 def test_short_training_on_real_sstem_lowers_validation_loss(tmp_path):

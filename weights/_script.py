@@ -1,14 +1,16 @@
 """What the task training scripts (train_superres.py, train_isotropic.py) share: their command
-line, a training run fitted into a wall-clock budget, and scoring a model against a baseline
-into its card."""
+line, a training run fitted into a time budget, and the evaluation protocol (val for choices and
+calibration, test once) writing a model's figures into its card."""
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import yaml
 
@@ -41,7 +43,7 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
     e = sub.add_parser("evaluate")
     e.add_argument("--model", default=name)
     e.add_argument("--also", nargs="*", default=["4x2:posterior_mean", "1x1"],
-                   help="extra settings to score: STEPSxSAMPLES[:ESTIMATE[:ENSEMBLE]] (sample_mean or "
+                   help="extra settings to score on val (to choose the card's): STEPSxSAMPLES[:ESTIMATE[:ENSEMBLE]] (sample_mean or "
                         "posterior_mean; ENSEMBLE: rotations/flips averaged)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--update-card", action="store_true")
@@ -53,20 +55,27 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
 class TimeBudget:
     """Fits the run (and so its cosine learning-rate schedule) into ``minutes`` on a shared CPU:
     after ``measure_steps`` steps and every ``every`` steps after that, the total is set to what
-    the remaining time allows at the recent rate, never above the steps asked for."""
+    the remaining time allows at the recent rate, never above the steps asked for. ``clock`` is
+    wall-clock time by default; ``time.process_time`` makes it a budget of the process's CPU time,
+    which other jobs on a shared machine barely change (runs compared on it get the same budget)."""
 
-    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200, start_step: int = 0):
-        self.seconds, self.every = minutes * 60, every
+    def __init__(self, minutes: float, measure_steps: int = 40, every: int = 200, start_step: int = 0,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.every, self.clock = minutes * 60, every, clock
         self.first = start_step + measure_steps  # a resumed run measures from where it resumed
-        self.t0 = time.perf_counter()
+        self.t0 = clock()
         self.mark = (start_step, self.t0)
         self.asked: int | None = None
+
+    def used(self) -> float:
+        """Seconds of the budget's clock spent since it started."""
+        return self.clock() - self.t0
 
     def __call__(self, trainer, step: int) -> None:
         if not self.seconds or step < self.first or (step - self.first) % self.every:
             return
         self.asked = self.asked or trainer.cfg.steps
-        now = time.perf_counter()
+        now = self.clock()
         rate = (step - self.mark[0]) / (now - self.mark[1])
         self.mark = (step, now)
         left = self.seconds * 0.95 - (now - self.t0)  # validations and checkpoints take the rest
@@ -128,23 +137,96 @@ def parse_setting(text: str) -> dict:
     return {**setting, "ensemble": int(ensemble)} if ensemble else setting
 
 
-def evaluate(args, report: dict, baseline: str, run_model: Callable, score: Callable) -> dict:
-    """Score the model at the card's settings and at each ``--also`` setting against the
-    ``baseline`` entry already in ``report``; ``run_model(steps=, samples=, estimate=[, ensemble=])`` returns a
-    RestoreResult, ``score(result)`` its scores. With --update-card the report goes into the card."""
+@dataclass
+class Region:
+    """One region a task is scored on: the model's input, the reference its output is compared
+    with, the baseline's output, and which part of the output is scored (e.g. only the generated
+    slices of an isotropic volume; None: all of it)."""
+
+    input: np.ndarray
+    reference: np.ndarray
+    baseline: np.ndarray
+    scored: np.ndarray | None = None
+
+    def part(self, values):
+        return None if values is None else (values if self.scored is None else values[self.scored])
+
+
+def evaluate(args, name: str, val: Region, test: Region, baseline: str, run_model: Callable, notes: dict) -> dict:
+    """The protocol (napari_emdiffuse/evaluation.py) for a task model. On val: the model at the
+    card's settings and at each ``--also`` setting (to choose settings), and the predicted-error
+    calibration and mask threshold. On test, once, at the card's settings: PSNR / SSIM of model and
+    baseline, the margin with its 95% interval, and the predicted-error map against the gradient
+    proxies (of the baseline, i.e. the input on the output grid, and of the output).
+    ``run_model(image, **setting)`` returns a RestoreResult. With --update-card the card's
+    ``evaluation`` and ``uncertainty`` sections are rewritten."""
+    from napari_emdiffuse import evaluation as ev
+    from napari_emdiffuse.uncertainty import predicted_error, relative_error
+
+    report = {"model": args.model, "protocol": "napari_emdiffuse/evaluation.py", **notes, "val": {}}
+    val_res = None
     for setting in [{}] + [parse_setting(s) for s in args.also]:
         t0 = time.perf_counter()
-        res = run_model(**setting)
-        key = f"model_{res.info['steps']}steps_{res.info['samples']}samples_{res.info['estimate']}"
-        if (res.info.get("ensemble") or 1) > 1:
-            key += f"_ensemble{res.info['ensemble']}"
-        report[key] = {**score(res), "seconds": round(time.perf_counter() - t0, 1), "sampler": res.info["sampler"]}
-        report[key][f"margin_over_{baseline}_db"] = round(report[key]["psnr"] - report[baseline]["psnr"], 2)
-        print(key, json.dumps(report[key]), flush=True)
-    print(baseline, json.dumps(report[baseline]))
+        res = run_model(val.input, **setting)
+        key = setting_key(res.info)
+        report["val"][key] = {**ev.scores(val.part(res.mean), val.part(val.reference)),
+                              "seconds": round(time.perf_counter() - t0, 1)}
+        print("val", key, json.dumps(report["val"][key]), flush=True)
+        val_res = val_res or res
+    report["val"][baseline] = ev.scores(val.part(val.baseline), val.part(val.reference))
+    lo, hi = val_res.info["normalizer"]
+    errors = ev.block_rmse(val.part(val_res.mean), val.part(val.reference))
+    unc = ev.calibrate_uncertainty(val.part(val_res.std), val.part(val_res.aleatoric), errors, hi - lo)
+    pe = predicted_error(val.part(val_res.std), val.part(val_res.aleatoric), unc["predicted_error"])
+    rel = relative_error(pe, hi - lo)
+    unc["validated"] = {"relative_error": {"val": round(rel, 4)}, "limit": round(rel * 1.25, 4)}
+    print("val uncertainty", json.dumps({k: v for k, v in unc.items() if k != "candidates"}), flush=True)
+
+    t0 = time.perf_counter()
+    res = run_model(test.input)
+    seconds = round(time.perf_counter() - t0, 1)
+    lo, hi = res.info["normalizer"]
+    mean, reference, base = test.part(res.mean), test.part(test.reference), test.part(test.baseline)
+    pe = predicted_error(test.part(res.std), test.part(res.aleatoric), unc["predicted_error"])
+    predicted = ev.block_rms(pe)
+    proxies = {f"gradient of the {baseline} input": ev.gradient_proxy(base),
+               "gradient of the output": ev.gradient_proxy(mean)}
+    report["test"] = {"model": {**ev.scores(mean, reference), "seconds": seconds,
+                                **{k: res.info[k] for k in ("samples", "steps", "sampler", "estimate", "ensemble")}},
+                      baseline: ev.scores(base, reference),
+                      "margin": ev.psnr_margin(mean, base, reference),
+                      "uncertainty": ev.judge_predicted_error(predicted, ev.block_rmse(mean, reference), proxies,
+                                                              predicted * 2 / (hi - lo) > unc["threshold"],
+                                                              images=len(mean) if mean.ndim == 3 else 1)}
+    report["test"]["uncertainty"]["relative_error"] = round(relative_error(pe, hi - lo), 4)
+    report["uncertainty"] = unc
+    print("test", json.dumps(report["test"]), flush=True)
+    out = REPO / "build" / f"{name}_quality.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    np.savez(out.with_suffix(".blocks.npz"), predicted=predicted, error=ev.block_rmse(mean, reference),
+             **{f"proxy_{i}": v for i, v in enumerate(proxies.values())})  # for re-analysis without re-running
     if args.update_card:
         path = REPO / "models" / f"{args.model}.yaml"
         card = yaml.safe_load(path.read_text())
-        card["evaluation"] = report
+        margin = report["test"]["margin"]
+        card["uncertainty"] = {**{k: v for k, v in unc.items() if k != "candidates"},
+                               "calibrated_on": f"{notes['val']}, 16 x 16 blocks",
+                               "test": {k: report["test"]["uncertainty"][k]
+                                        for k in ("spearman", "spearman_within_images", "ause", "proxies", "ranks",
+                                                  "calibrated", "mask") if k in report["test"]["uncertainty"]}}
+        card["evaluation"] = {"protocol": report["protocol"], "val": notes["val"], "test": notes["test"],
+                              "model": report["test"]["model"], baseline: report["test"][baseline],
+                              f"margin_over_{baseline}": {"db": margin["margin_db"], "ci95": margin["ci95"],
+                                                          "verdict": "beats" if margin["beats"] else
+                                                          ("tie" if margin["tie"] else "loses")},
+                              "settings_on_val": report["val"],
+                              "command": f"python weights/train_{name.split('-')[0]}.py evaluate --update-card"}
         path.write_text(yaml.safe_dump(card, sort_keys=False))
+        print("updated", path)
     return report
+
+
+def setting_key(info: dict) -> str:
+    key = f"model_{info['steps']}steps_{info['samples']}samples_{info['estimate']}"
+    return key + (f"_ensemble{info['ensemble']}" if (info.get("ensemble") or 1) > 1 else "")

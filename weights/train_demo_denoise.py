@@ -1,29 +1,38 @@
 """Train the bundled demo denoising model on the real SEM pair (4 us -> 36 us dwell).
 
-    PYTHONPATH=.:weights python weights/train_demo_denoise.py --steps 20000 --threads 2 --precision bf16 --run build/demo-denoise-run
+    OMP_NUM_THREADS=1 nice -n 10 python weights/train_demo_denoise.py --cpu-minutes 90 --threads 1 \
+        --precision bf16 --run build/demo-denoise-run
 
-The defaults are the bundled model's recipe (base 24 channels, three quarters of the noise
-draws at sigma_max); the bundled run reached step 20,000 in two stages (its card has the commands).
+(with PYTHONPATH=.:weights). The defaults are the bundled model's recipe (base 24 channels, three
+quarters of the noise draws at sigma_max). ``--cpu-minutes`` fits the cosine schedule into that
+much CPU time of this process (``time.process_time``), so that runs on a shared machine, and the
+peers compared with this model, get the same budget whatever else runs.
 
-Rows 576-767 of the pair are held out (validation and every reported figure); training crops come
-from rows 0-559. The condition gets extra Gaussian noise on half the patches so the model holds up
-on faster scans than its training pair. Export to weights/ with weights/export_run.py.
+The pair's rows are split by :data:`napari_emdiffuse.evaluation.SPLITS`: training crops come from
+the train rows only, validation (the loss curve here, checkpoint selection afterwards) from the
+val rows; the test rows are never read. The condition gets extra Gaussian noise on half the
+patches so the model holds up on faster scans than its training pair. EMA snapshots are kept
+every ``--snapshot-every`` steps under RUN/snapshots/ for selection on val
+(benchmarks/denoise_quality.py --select). Export to weights/ with weights/export_run.py.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from _script import initial_model
+from _script import TimeBudget, initial_model
+from napari_emdiffuse.evaluation import SPLITS, rows_of
 from napari_emdiffuse.normalize import Normalizer
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.training.data import PatchPairs
+from napari_emdiffuse.training import runs
 from napari_emdiffuse.training.trainer import Trainer, TrainConfig, TrainUpdate
 
-TRAIN_ROWS, VAL_ROWS = slice(0, 560), slice(576, 768)
+TRAIN_ROWS, VAL_ROWS = rows_of("demo-denoise", "train"), rows_of("demo-denoise", "val")
 
 CARD = {
     "name": "demo-denoise",
@@ -42,7 +51,11 @@ CARD = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--steps", type=int, default=20000, help="at most this many steps")
+    ap.add_argument("--cpu-minutes", type=float, default=0,
+                    help="fit the steps into this many minutes of the process's CPU time (0: no limit)")
+    ap.add_argument("--snapshot-every", type=int, default=500,
+                    help="keep the EMA weights every this many steps under RUN/snapshots/ (0: none)")
     ap.add_argument("--run", default="build/demo-denoise-run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
@@ -74,24 +87,40 @@ def main() -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, warmup=200, ema_decay=0.999,
                       loss="l2", noise_draw=args.noise_draw, seed=args.seed, device="cpu", precision=args.precision,
                       val_every=250, val_batch=16, checkpoint_every=250)
-    card = dict(CARD, training={"data": "napari_emdiffuse/sample_data/pair53_*.tif rows 0-559",
-                                "validation": "rows 576-767", "patch": 96, "extra_noise": 0.2,
+    def band(rows):
+        return f"rows {rows.start}-{rows.stop - 1}"
+    card = dict(CARD, training={"data": f"napari_emdiffuse/sample_data/pair53_*.tif {band(TRAIN_ROWS)}",
+                                "validation": band(VAL_ROWS),
+                                "test": f"{band(rows_of('demo-denoise', 'test'))} (never read in training)",
+                                "split": SPLITS["demo-denoise"]["note"], "patch": 96, "extra_noise": 0.2,
                                 "intensity_jitter": args.jitter})
     card["normalization"] = norm
     card["network"] = {**CARD["network"], "inner_channel": args.inner_channel}
     model = initial_model(card, args.init)
 
     def report(u: TrainUpdate) -> None:
+        budget(trainer, u.step)
+        if args.snapshot_every and u.step % args.snapshot_every == 0:
+            snapshot = trainer.card()
+            snapshot["training"]["cpu_seconds"] = round(budget.used(), 1)
+            runs.save_model(snapshot, trainer.ema.network.state_dict(), Path(args.run) / "snapshots" / f"step{u.step:06d}")
         if u.val_loss is not None or u.step % 50 == 0:
             val = f" val_loss {u.val_loss:.4f} val_psnr1 {u.val_psnr:.2f}" if u.val_loss is not None else ""
             print(f"step {u.step}/{u.total} loss {u.loss:.4f} lr {u.lr:.2e} {u.seconds:.0f}s{val}", flush=True)
 
-    trainer = Trainer(model, train, cfg, args.run, val_data=val, callback=report)
+    trainer = Trainer(model, train, cfg, args.run, val_data=val, callback=report,
+                      should_stop=lambda: trainer.step >= trainer.cfg.steps)  # the budget may shorten it
     if args.resume:
         trainer.resume()
     t0 = time.time()
+    budget = TimeBudget(args.cpu_minutes, start_step=trainer.step, clock=time.process_time)
     trainer.run()
-    print(f"done in {time.time() - t0:.0f}s at step {trainer.step}")
+    cpu = budget.used()
+    print(f"done in {time.time() - t0:.0f}s wall, {cpu:.0f}s CPU (process time, {torch.get_num_threads()} "
+          f"thread(s)) at step {trainer.step}; {time.process_time():.0f}s CPU since the script started", flush=True)
+    card = trainer.card()
+    card["training"].update(cpu_seconds=round(cpu, 1), cpu_minutes_budget=args.cpu_minutes, threads=torch.get_num_threads())
+    runs.save_model(card, trainer.ema.network.state_dict(), Path(args.run))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@
 Route: from an isotropic volume (vEMDiffuse-i). Training volume: weights/data/fibsem_flyem_train.tif
 and fibsem_flyem_train2.tif
 (FlyEM FIB-SEM, 10 nm isotropic, slices 0-89 and 160-249 of the cube); every plane a and a+5 condition the
-four planes between them (in both directions along z). Held out: the bundled sample crop
-napari_emdiffuse/sample_data/fibsem_flyem_crop.tif (slices 93-156 of the cube): its every fifth
-slice (50 nm spacing) is reconstructed back to 10 nm and compared with the slices that were
-left out, against linear interpolation along z.
+four planes between them (in both directions along z). Regions (napari_emdiffuse/evaluation.py,
+SPLITS["isotropic-fibsem"]): val is the bundled sample crop
+napari_emdiffuse/sample_data/fibsem_flyem_crop.tif (slices 93-156, rows and columns 61-188: the loss
+curve, settings, the uncertainty calibration), test is weights/data/fibsem_flyem_test.tif (slices
+93-156, rows 189-249, all columns), scored once by ``evaluate``: every fifth slice (50 nm spacing)
+is reconstructed back to 10 nm and compared with the slices that were left out, against linear
+interpolation along z.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import _script
 from napari_emdiffuse.sample_data import load_fibsem
 from napari_emdiffuse.restore import restore
 from napari_emdiffuse.tasks import isotropic as iso
+from napari_emdiffuse.evaluation import SPLITS
 from napari_emdiffuse.training import pairs
-from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
 
 TRAINING = [_script.REPO / "weights" / "data" / name for name in ("fibsem_flyem_train.tif", "fibsem_flyem_train2.tif")]
@@ -62,29 +65,31 @@ def train(args) -> None:
 
 
 def evaluate(args) -> dict:
-    """PSNR / SSIM over the generated slices only (acquired ones are exact for both methods)."""
+    """The protocol on the val and test volumes, scored over the generated slices only (the
+    acquired ones are exact for both methods)."""
     from napari_emdiffuse.loading import load_model
 
-    truth = load_fibsem().astype(np.float32)
-    n = (len(truth) - 1) // Z_FACTOR * Z_FACTOR + 1
-    truth = truth[:n]
-    acquired = truth[::Z_FACTOR]
-    generated = np.ones(n, bool)
-    generated[::Z_FACTOR] = False
     model = load_model(args.model, task="isotropic")
-    report = {"model": args.model,
-              "data": f"napari_emdiffuse/sample_data/fibsem_flyem_crop.tif slices 0-{n - 1} (128 x 128, 10 nm); "
-                      f"input: every {Z_FACTOR}th slice ({len(acquired)} slices, 50 nm); scored on the "
-                      f"{int(generated.sum())} generated slices",
-              "linear": scores(iso.linear_interpolation(acquired, Z_FACTOR)[generated], truth[generated], 255.0)}
 
-    def run_model(**setting):
+    def region(path) -> _script.Region:
+        truth = tifffile.imread(_script.REPO / path)
+        n = (len(truth) - 1) // Z_FACTOR * Z_FACTOR + 1
+        truth = truth[:n]
+        generated = np.ones(n, bool)
+        generated[::Z_FACTOR] = False
+        acquired = truth[::Z_FACTOR]
+        return _script.Region(acquired, truth, iso.linear_interpolation(acquired, Z_FACTOR), generated)
+
+    def run_model(acquired, **setting):
         res = restore(acquired, model, task="isotropic", device="cpu", seed=0, **setting)
         assert np.array_equal(res.mean[::Z_FACTOR], acquired)
         return res
 
-    return _script.evaluate(args, report, "linear", run_model,
-                            lambda res: scores(res.mean[generated], truth[generated], 255.0))
+    val, test = SPLITS["isotropic-fibsem"]["val"], SPLITS["isotropic-fibsem"]["test"]
+    notes = {"val": f"{val['files'][0]} ({val['note']})", "test": f"{test['files'][0]} ({test['note']})",
+             "input": f"every {Z_FACTOR}th slice (50 nm); scored on the generated slices"}
+    return _script.evaluate(args, "isotropic-fibsem", region(val["files"][0]), region(test["files"][0]), "linear",
+                            run_model, notes)
 
 
 if __name__ == "__main__":

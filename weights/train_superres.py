@@ -7,9 +7,11 @@
 Training images: the bundled ssTEM crop (ISBI 2012, 30 sections, rows/columns 128-383, 4 nm pixels)
 and the rest of every section outside the held-out rows (weights/data/sstem_isbi2012_train_tiles.tif);
 the low-resolution input is their 2x2 mean binning (what a scan with 8 nm pixels approximates).
-Held out: weights/data/sstem_isbi2012_val.tif (rows 0-127 of every third section), never seen
-in training; the figures in the card and in docs/benchmarks.md are measured there against
-bicubic upsampling of the same binned input.
+Regions (napari_emdiffuse/evaluation.py, SPLITS["superres-sstem"]): val is
+weights/data/sstem_isbi2012_val.tif (sections 0, 3, ..., 27, rows 0-127: the loss curve, settings,
+the uncertainty calibration), test is weights/data/sstem_isbi2012_test.tif (sections 1, 4, ..., 28,
+rows 0-127), scored once by ``evaluate`` against bicubic upsampling of the same binned input;
+neither is in any training file.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ import _script
 from napari_emdiffuse.sample_data import load_sstem
 from napari_emdiffuse.restore import restore
 from napari_emdiffuse.tasks import superres as sr
+from napari_emdiffuse.evaluation import SPLITS
 from napari_emdiffuse.training import pairs
-from napari_emdiffuse.tasks.metrics import scores
 from napari_emdiffuse.training.data import PatchPairs
 
-VALIDATION = _script.REPO / "weights" / "data" / "sstem_isbi2012_val.tif"
+VALIDATION = _script.REPO / SPLITS["superres-sstem"]["val"]["files"][0]
+TEST = _script.REPO / SPLITS["superres-sstem"]["test"]["files"][0]
 EXTRA_TILES = _script.REPO / "weights" / "data" / "sstem_isbi2012_train_tiles.tif"
 TILE = 128
 SCALE = 2
@@ -72,18 +75,21 @@ def train(args) -> None:
 
 
 def evaluate(args) -> dict:
-    """PSNR / SSIM of the model and of bicubic on the held-out stack, in 8-bit intensity units."""
+    """The protocol on the val and test stacks, on the high-resolution grid, in 8-bit units."""
     from napari_emdiffuse.loading import load_model
 
-    hr = sr.crop_to_multiple(validation_stack().astype(np.float32), SCALE)
-    lr = sr.bin_mean(hr, SCALE)
     model = load_model(args.model, task="superres")
-    report = {"model": args.model, "data": "weights/data/sstem_isbi2012_val.tif, 10 x 128 x 512 at 4 nm; "
-                                            "input: its 2x2 mean binning (10 x 64 x 256)",
-              "bicubic": scores(sr.bicubic_baseline(lr, SCALE), hr, 255.0)}
-    return _script.evaluate(args, report, "bicubic",
-                            lambda **setting: restore(lr, model, task="superres", device="cpu", seed=0, **setting),
-                            lambda res: scores(res.mean, hr, 255.0))
+
+    def region(path) -> _script.Region:
+        hr = sr.crop_to_multiple(tifffile.imread(path), SCALE)
+        lr = sr.bin_mean(hr, SCALE)
+        return _script.Region(lr, hr, sr.bicubic_baseline(lr, SCALE))
+
+    notes = {"val": "weights/data/sstem_isbi2012_val.tif (10 x 128 x 512 at 4 nm)",
+             "test": "weights/data/sstem_isbi2012_test.tif (10 x 128 x 512 at 4 nm)",
+             "input": "the 2x2 mean binning of each (10 x 64 x 256)"}
+    return _script.evaluate(args, "superres-sstem", region(VALIDATION), region(TEST), "bicubic",
+                            lambda image, **setting: restore(image, model, task="superres", device="cpu", seed=0, **setting), notes)
 
 
 if __name__ == "__main__":

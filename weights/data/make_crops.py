@@ -1,4 +1,4 @@
-"""Write the training / validation crops of weights/data/ from the source volumes (run once, by hand;
+"""Write the training / validation / test crops of weights/data/ from the source volumes (run once, by hand;
 nothing reads the source at run time). See PROVENANCE.txt.
 
     python weights/data/make_crops.py ../shared/data/em
@@ -27,9 +27,14 @@ def main(source: Path) -> None:
     write("fibsem_flyem_train.tif", cube[0:90, 0:144, 0:144], (10.0, 10.0, 10.0))
     # slices 160-249: more training data, as far from the validation slices as the first crop
     write("fibsem_flyem_train2.tif", cube[160:250, 0:144, 0:144], (10.0, 10.0, 10.0))
+    # test volume (napari_emdiffuse.evaluation.SPLITS): the slices of the validation crop (93-156)
+    # below its rows (rows 189-249, all columns): in no training or validation file
+    write("fibsem_flyem_test.tif", cube[93:157, 189:250, :], (10.0, 10.0, 10.0))
     sstem = tifffile.imread(source / "isbi2012_sstem" / "train-volume.tif")
     # rows 0-127: disjoint from the bundled sample crop (rows 128-383), which is the training stack
     write("sstem_isbi2012_val.tif", sstem[::3, 0:128, :], (150.0, 4.0, 4.0))
+    # test stack: the held-out rows of the sections next to the validation ones (1, 4, ..., 28)
+    write("sstem_isbi2012_test.tif", sstem[1::3, 0:128, :], (150.0, 4.0, 4.0))
     # the rest of every section (rows 384-511; rows 128-383 outside columns 128-383) as 128 x 128
     # tiles: more super-resolution training data, still disjoint from the validation rows
     tiles = [sstem[:, 384:512, x:x + 128] for x in range(0, 512, 128)]
