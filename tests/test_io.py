@@ -25,10 +25,8 @@ def test_tiff_roundtrip_keeps_dtype_and_voxel_size(tmp_path, em_crop, dtype):
     path = write_image(tmp_path / "stack.tif", stack, voxel_size=(0.05, 0.004, 0.004))
     back = read_image(path)
     assert back.dtype == dtype and np.array_equal(back, stack)
-    size = read_voxel_size(path)
-    assert size[-2:] == pytest.approx((0.004, 0.004))
-    if dtype in (np.uint8, np.uint16, np.float32):  # ImageJ metadata carries the z spacing
-        assert size == pytest.approx((0.05, 0.004, 0.004))
+    # ImageJ metadata (uint8, uint16, float32) or OME-TIFF (the rest) carry the z spacing too
+    assert read_voxel_size(path) == pytest.approx((0.05, 0.004, 0.004))
 
 
 def test_tiff_without_voxel_size(tmp_path, em_crop):
@@ -44,7 +42,9 @@ def test_voxel_size_copied_from_like(tmp_path, em_crop):
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
-def test_zarr_is_read_lazily_and_rewritten_in_its_format(tmp_path, em_crop, zarr_format):
+def test_zarr_is_read_lazily_and_written_as_ome_zarr(tmp_path, em_crop, zarr_format):
+    """A plain zarr array (v2 or v3) is read lazily with its voxel_size attribute; what the
+    package writes is always an OME-Zarr 0.5 image (zarr v3) with that voxel size as scale."""
     stack = np.stack([em_crop] * 3)
     z = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=stack.shape, dtype=stack.dtype,
                           chunks=(1, 48, 64), zarr_format=zarr_format)
@@ -54,17 +54,24 @@ def test_zarr_is_read_lazily_and_rewritten_in_its_format(tmp_path, em_crop, zarr
     assert isinstance(lazy, zarr.Array) and not isinstance(lazy, np.ndarray)
     assert np.array_equal(lazy[1], stack[1])
     out = write_image(tmp_path / "out.zarr", stack.astype(np.float32), like=tmp_path / "in.zarr")
-    written = zarr.open(str(out), mode="r")
-    assert written.metadata.zarr_format == zarr_format
+    written = zarr.open_group(str(out), mode="r")
+    assert written.metadata.zarr_format == 3 and written.attrs["ome"]["version"] == "0.5"
+    assert written["0"].metadata.dimension_names == ("z", "y", "x")
     assert read_voxel_size(out) == pytest.approx((0.03, 0.005, 0.005))
-    assert np.array_equal(written[:], stack.astype(np.float32))
+    assert np.array_equal(read_image(out)[:], stack.astype(np.float32))
 
 
-def test_ome_zarr_group_reads_full_resolution(tmp_path, em_crop):
+def test_ome_zarr_group_reads_its_first_level(tmp_path, em_crop):
+    """The finest level is the one the metadata lists first, whatever its name."""
     group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
-    group.create_array("0", shape=em_crop.shape, dtype=em_crop.dtype)[:] = em_crop
-    group.create_array("1", shape=(24, 32), dtype=em_crop.dtype)[:] = em_crop[::2, ::2]
+    group.create_array("s0", shape=em_crop.shape, dtype=em_crop.dtype)[:] = em_crop
+    group.create_array("s1", shape=(24, 32), dtype=em_crop.dtype)[:] = em_crop[::2, ::2]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "y", "type": "space", "unit": "nanometer"}, {"name": "x", "type": "space", "unit": "nanometer"}],
+        "datasets": [{"path": f"s{i}", "coordinateTransformations": [{"type": "scale", "scale": [4.0 * 2 ** i] * 2}]}
+                     for i in range(2)]}]}
     assert np.array_equal(read_image(tmp_path / "img.ome.zarr")[:], em_crop)
+    assert read_voxel_size(tmp_path / "img.ome.zarr") == (4.0, 4.0)
 
 
 def test_writes_replace_atomically_with_usual_permissions(tmp_path, em_crop):
