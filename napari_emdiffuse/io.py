@@ -33,7 +33,8 @@ ABOUT = "emdiffuse"  # what a file the package wrote holds: {"field": "std", "ta
 IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)  # what ImageJ hyperstacks hold
 _RESOLUTION_UNITS = {tifffile.RESUNIT.INCH: "inch", tifffile.RESUNIT.CENTIMETER: "centimeter",
                      tifffile.RESUNIT.MILLIMETER: "millimeter", tifffile.RESUNIT.MICROMETER: "micrometer"}
-_RESOLUTION_TAGS = {unit: tag for tag, unit in _RESOLUTION_UNITS.items() if unit in ("inch", "centimeter")}  # baseline TIFF
+# the units baseline TIFF readers know in the ResolutionUnit tag
+_RESOLUTION_TAGS = {unit: tag for tag, unit in _RESOLUTION_UNITS.items() if unit in ("inch", "centimeter")}
 
 
 class ImageError(ValueError):
@@ -104,12 +105,30 @@ def read_image(path: str | os.PathLike):
         if fmt == "zarr":
             return _open_zarr(path)[0]
         with tifffile.TiffFile(path) as tif:
-            if not len(tif.pages) or not tif.series:
-                raise ImageError(f"cannot read {path.name} (no image in it) — check that it is a valid TIFF file")
-            if tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB:
-                shape = tuple(tif.series[0].shape)
-                raise ImageError(f"{path.name} is RGB {shape} — convert it to grayscale first")
+            _check_tiff(tif, path)
             return tif.asarray()
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape :func:`read_image` would give, reading metadata only; refuses the same inputs."""
+    path = Path(path)
+    fmt = image_format(path)
+    if not path.exists():
+        raise ImageError(f"{path} does not exist — check the path")
+    with _reading(path, fmt):
+        if fmt == "zarr":
+            return tuple(_open_zarr(path)[0].shape)
+        with tifffile.TiffFile(path) as tif:
+            _check_tiff(tif, path)
+            return tuple(tif.series[0].shape)
+
+
+def _check_tiff(tif: tifffile.TiffFile, path: Path) -> None:
+    if not len(tif.pages) or not tif.series:
+        raise ImageError(f"cannot read {path.name} (no image in it) — check that it is a valid TIFF file")
+    if tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB:
+        shape = tuple(tif.series[0].shape)
+        raise ImageError(f"{path.name} is RGB {shape} — convert it to grayscale first")
 
 
 def check_image(image, name: str = "the image") -> None:

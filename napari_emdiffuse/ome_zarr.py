@@ -146,17 +146,18 @@ def _halve(block: np.ndarray, reduce: str) -> np.ndarray:
     return mean.astype(block.dtype)
 
 
-def add_levels(path, tile: int = LEVEL_TILE) -> int:
+def add_levels(path, tile: int | None = None) -> int:
     """Add pyramid levels to a finished image group, each 2 x 2 smaller in Y and X than the one
-    before, until one fits ``tile`` pixels; read and written chunk by chunk, so a volume larger
-    than memory never loads. The metadata lists them once all are written. Returns the number
-    of levels (1: the image is small enough as it is). Levels already listed are kept."""
+    before, until one fits ``tile`` pixels (default :data:`LEVEL_TILE`); read and written chunk
+    by chunk, so a volume larger than memory never loads. The metadata lists them once all are
+    written. Returns the number of levels (1: the image is small enough as it is). Levels
+    already listed are kept."""
     group = zarr.open_group(str(path), mode="r+")
     attrs = dict(group.attrs)
     multiscale = read_multiscale(attrs)
     if len(multiscale.paths) > 1:
         return len(multiscale.paths)
-    reduce = _reduction(multiscale.label)
+    reduce, tile = _reduction(multiscale.label), tile or LEVEL_TILE
     previous = group["0"]
     levels = 1
     while max(previous.shape[-2:]) > tile:
@@ -166,7 +167,8 @@ def add_levels(path, tile: int = LEVEL_TILE) -> int:
                                    overwrite=True, dimension_names=AXES[-len(shape):])
         for start in itertools.product(*(range(0, s, c) for s, c in zip(shape, chunks))):
             out = tuple(slice(a, min(a + c, s)) for a, c, s in zip(start, chunks, shape))
-            source = out[:-2] + tuple(slice(2 * r.start, min(2 * r.stop, n)) for r, n in zip(out[-2:], previous.shape[-2:]))
+            source = out[:-2] + tuple(slice(2 * r.start, min(2 * r.stop, n))
+                                      for r, n in zip(out[-2:], previous.shape[-2:]))
             level[out] = _halve(np.asarray(previous[source]), reduce)
         previous, levels = level, levels + 1
     if levels > 1:

@@ -111,7 +111,8 @@ class RestoreSession:
 
 
 def check_paths(input_path, output_path) -> tuple[Path, dict[str, Path]]:
-    """Known formats, an existing input, and no output (or side output) that would overwrite it."""
+    """Known formats, an existing input, and no output (or side output) that would overwrite it
+    or be written inside the zarr store it lives in."""
     source, output = Path(input_path), Path(output_path)
     image_format(source)
     if output.suffix.lower() not in (*TIFF_SUFFIXES, *ZARR_SUFFIXES):  # not a path inside a store
@@ -120,8 +121,10 @@ def check_paths(input_path, output_path) -> tuple[Path, dict[str, Path]]:
         raise ValueError(f"{source} does not exist — check the INPUT path")
     outputs = output_paths(output)
     resolved_input = source.resolve()
+    stores = [p for p in (resolved_input, *resolved_input.parents) if p.suffix.lower() in ZARR_SUFFIXES]
+    protected = stores[-1] if stores else resolved_input  # an array inside a store: the whole store
     for path in outputs.values():
         resolved = path.resolve()
-        if resolved == resolved_input or resolved_input in resolved.parents:
+        if resolved == protected or protected in resolved.parents:
             raise ValueError(f"output {path} would overwrite the input {source} — choose another OUTPUT name")
     return source, outputs
