@@ -8,14 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import ome_zarr_models
 import pytest
 import tifffile
 import zarr
-from ome_zarr_models.v05.image import Image
-from ome_zarr_models.v05.image_label import ImageLabel
 
-from conftest import TINY_CARD, write_tiny_run
+from conftest import TINY_CARD, validated_ome_zarr, write_tiny_run
 from napari_emdiffuse import ome_zarr
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.restore import restore
@@ -57,13 +54,6 @@ def imagej_tiff(path, array, voxel=(50.0, 4.0, 4.0), unit="nm"):
     return path
 
 
-def validated(path, labels: bool = False):
-    """The store as ome-zarr-models reads it: an OME-Zarr 0.5 image (or image-label) group."""
-    model = ome_zarr_models.open_ome_zarr(zarr.open_group(str(path), mode="r"), version="0.5")
-    assert type(model) is (ImageLabel if labels else Image), type(model)
-    return model
-
-
 def transforms(path, level: int = 0) -> tuple[list, list]:
     dataset = dict(zarr.open_group(str(path), mode="r").attrs)["ome"]["multiscales"][0]["datasets"][level]
     scale, translation = dataset["coordinateTransformations"]
@@ -74,7 +64,7 @@ def check_result_stores(output, fields, scale, unit, translation=None, task="den
     """OUTPUT and its siblings validate, read the same way (image at ``0``), say what they
     hold, and carry the expected calibration; the mask is a labels image pointing at OUTPUT."""
     for field, path in output_paths(output, fields).items():
-        model = validated(path, labels=field == "mask")
+        model = validated_ome_zarr(path, labels=field == "mask")
         axes = model.attributes.ome.multiscales[0].axes
         assert [a.name for a in axes] == list("zyx"[-len(scale):])
         assert [a.unit for a in axes] == [unit] * len(scale) and {a.type for a in axes} == {"space"}
@@ -246,7 +236,7 @@ def test_isotropic_without_any_voxel_size_states_the_relative_z_spacing(tmp_path
                              "--samples", 1, "--steps", 1, "--device", "cpu")
     assert code == 0, err
     assert "no voxel size in the input; z spacing 1/5" in out
-    validated(tmp_path / "iso.zarr")
+    validated_ome_zarr(tmp_path / "iso.zarr")
     assert transforms(tmp_path / "iso.zarr")[0] == pytest.approx([0.2, 1.0, 1.0])
     assert read_calibration(tmp_path / "iso.zarr").units == (None, None, None)
 
