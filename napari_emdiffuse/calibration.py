@@ -15,6 +15,8 @@ _SYMBOLS = {
     "angstrom": "Å", "picometer": "pm", "nanometer": "nm", "micrometer": "um", "millimeter": "mm",
     "centimeter": "cm", "meter": "m", "inch": "in",
 }
+_METRES = {"angstrom": 1e-10, "picometer": 1e-12, "nanometer": 1e-9, "micrometer": 1e-6, "millimeter": 1e-3,
+           "centimeter": 1e-2, "meter": 1.0, "inch": 0.0254}
 _SPELLINGS = {  # every spelling found in TIFF and zarr metadata -> UDUNITS name (compared lower-case)
     **{name: name for name in _SYMBOLS}, **{name + "s": name for name in _SYMBOLS if name != "inch"},
     **{symbol.lower(): name for name, symbol in _SYMBOLS.items()},
@@ -32,6 +34,16 @@ def space_unit(text) -> str | None:
         return None
     low = str(text).strip().lower()
     return None if low in _UNITLESS else _SPELLINGS.get(low)
+
+
+def convert(value: float, unit: str | None, to: str | None) -> float | None:
+    """``value`` in ``unit`` expressed in ``to``; None when one of them has no unit and the
+    other has (there is no conversion)."""
+    if unit == to:
+        return float(value)
+    if unit is None or to is None:
+        return None
+    return float(value) * _METRES[unit] / _METRES[to]
 
 
 def unit_symbol(unit: str | None, style: str = "imagej") -> str | None:

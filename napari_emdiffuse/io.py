@@ -22,7 +22,7 @@ import tifffile
 import zarr
 
 from . import ome_zarr
-from .calibration import Calibration, space_unit, unit_symbol
+from .calibration import Calibration, convert, space_unit, unit_symbol
 from .files import atomic_directory, atomic_write
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -203,9 +203,14 @@ def _ome_tiff_calibration(tif: tifffile.TiffFile, ndim: int) -> Calibration | No
     sizes = [pixels.get(f"PhysicalSize{a}") for a in axes]
     if all(size is None for size in sizes):
         return None
-    units = [pixels.get(f"PhysicalSize{a}Unit", "µm") if size is not None else None  # the OME schema's default
+    units = [space_unit(pixels.get(f"PhysicalSize{a}Unit", "µm")) if size is not None else None  # the schema's default
              for a, size in zip(axes, sizes)]
-    return Calibration.of([1.0 if size is None else float(size) for size in sizes], units)
+    plane = pixels.get("Plane") or {}
+    plane = plane[0] if isinstance(plane, list) else plane  # the first plane's position: the origin
+    translation = [convert(plane.get(f"Position{a}", 0.0), space_unit(plane.get(f"Position{a}Unit", unit)), unit)
+                   for a, unit in zip(axes, units)]
+    return Calibration.of([1.0 if size is None else float(size) for size in sizes], units,
+                          [0.0 if t is None else t for t in translation])
 
 
 def _imagej_calibration(tif: tifffile.TiffFile, ndim: int) -> Calibration | None:
@@ -254,8 +259,9 @@ def write_image(path: str | os.PathLike, array, voxel_size=None, like: str | os.
     """Write a TIFF or an OME-Zarr image atomically. Its calibration is ``calibration``, else
     ``voxel_size`` (with ``units``: one for all axes or one per axis, any spelling), else
     ``like``'s (a path to the input the array came from) when that has one. zarr: an OME-Zarr
-    (NGFF 0.5, zarr v3) image with pyramid levels when large. ``about`` says what the file holds (read back with
-    :func:`read_about`); ``label`` (OME-Zarr ``image-label`` metadata) stores a labels image."""
+    (NGFF 0.5, zarr v3) image with pyramid levels when large. ``about`` says what the file holds
+    (read back with :func:`read_about`); ``label`` (OME-Zarr ``image-label`` metadata) stores a
+    labels image."""
     path = Path(path)
     fmt = image_format(path)
     array = np.asarray(array)
@@ -287,6 +293,14 @@ def _write_tiff(path, array: np.ndarray, calibration: Calibration | None, about:
             for a, size, unit in zip(axes, calibration.voxel_size, calibration.units):
                 metadata[f"PhysicalSize{a}"] = size
                 metadata[f"PhysicalSize{a}Unit"] = unit_symbol(unit, "ome") or "pixel"
+            if any(calibration.translation):  # each plane's position, in its axes' units
+                planes = 1 if array.ndim == 2 else array.shape[0]
+                origin = dict(zip(axes, calibration.translation))
+                steps = dict(zip(axes, calibration.voxel_size))
+                metadata["Plane"] = {f"Position{a}": [origin[a] + (i * steps[a] if a == "Z" else 0.0)
+                                                      for i in range(planes)] for a in axes}
+                metadata["Plane"].update({f"Position{a}Unit": [metadata[f"PhysicalSize{a}Unit"]] * planes
+                                          for a in axes})
         if note:
             metadata["Description"] = note
         tifffile.imwrite(path, array, ome=True, metadata=metadata, **kwargs)

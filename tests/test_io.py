@@ -7,10 +7,11 @@ import pytest
 import tifffile
 import zarr
 
-from napari_emdiffuse.io import (ImageError, check_image, image_format, read_image, read_voxel_size,
-                                 write_image)
+from napari_emdiffuse.calibration import Calibration
+from napari_emdiffuse.io import (ImageError, check_image, image_format, read_calibration, read_image,
+                                 read_voxel_size, write_image)
 from napari_emdiffuse.results import sibling_path
-from napari_emdiffuse.sample_data import load_pair
+from napari_emdiffuse.sample_data import FIBSEM, FIBSEM_VOXEL_NM, SSTEM, SSTEM_VOXEL_NM, load_pair
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,45 @@ def test_check_rejects_constant_and_accepts_em(em_crop):
         check_image(np.full((32, 32), 7, np.uint8), "flat.tif")
     check_image(em_crop, "em.tif")
     check_image(np.stack([em_crop] * 3), "stack.tif")  # a 3-slice stack is not RGB
+
+
+@pytest.mark.parametrize("name, dtype", [("a.tif", np.uint8), ("a.tif", np.float64), ("a.ome.tif", np.uint16),
+                                         ("a.zarr", np.int16)])
+@pytest.mark.parametrize("calibration", [
+    Calibration.of((50, 4, 4), "nm", (100, 8, -4)),  # ImageJ: unit nm and its origin; OME: sizes and positions
+    Calibration.of((0.05, 0.004, 0.004), "um"),
+    Calibration.of((2, 1, 1)),  # relative voxel sizes without a unit stay without one
+    Calibration.of((1, 0.5, 0.5), [None, "nm", "nm"]),  # a z spacing without a unit beside nm pixels
+])
+def test_calibration_round_trips_in_every_format(tmp_path, em_crop, name, dtype, calibration):
+    stack = np.stack([em_crop, em_crop[::-1]]).astype(dtype)
+    path = write_image(tmp_path / name, stack, calibration=calibration)
+    back = read_calibration(path)
+    assert back.units == calibration.units
+    assert back.voxel_size == pytest.approx(calibration.voxel_size)
+    assert back.translation == pytest.approx(calibration.translation)
+    assert np.array_equal(np.asarray(read_image(path)[...]), stack)
+
+
+@pytest.mark.parametrize("spelling", ["micron", "um", "\\u00B5m", "micrometer"])  # ImageJ descriptions are ASCII
+def test_imagej_spellings_of_micrometres(tmp_path, em_crop, spelling):
+    tifffile.imwrite(tmp_path / "ij.tif", em_crop, imagej=True, resolution=(250, 250), metadata={"unit": spelling})
+    assert read_calibration(tmp_path / "ij.tif") == Calibration.of((0.004, 0.004), "micrometer")
+
+
+def test_imagej_per_axis_units_and_the_bundled_samples(tmp_path, em_crop):
+    stack = np.stack([em_crop] * 2)
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, resolution=(0.25, 0.25),
+                     metadata={"unit": "nm", "zunit": "um", "spacing": 0.05, "axes": "ZYX"})
+    assert read_calibration(tmp_path / "ij.tif").units == ("micrometer", "nanometer", "nanometer")
+    assert read_calibration(SSTEM) == Calibration.of(SSTEM_VOXEL_NM, "nm")
+    assert read_calibration(FIBSEM) == Calibration.of(FIBSEM_VOXEL_NM, "nm")
+
+
+def test_a_path_inside_a_zarr_store_reads_that_array(tmp_path, em_crop):
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    group.create_array("raw", data=em_crop)
+    assert image_format(tmp_path / "s.zarr" / "raw") == "zarr"
+    assert np.array_equal(read_image(tmp_path / "s.zarr" / "raw")[...], em_crop)
+    with pytest.raises(ImageError, match=r"s.zarr is a zarr group but not an OME-Zarr image .* \(s.zarr/raw\)"):
+        read_image(tmp_path / "s.zarr")
