@@ -11,7 +11,6 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .engine import restore_whole, run
-from .calibration import Calibration
 from .io import TIFF_SUFFIXES, ZARR_SUFFIXES, check_image, image_format, read_calibration, write_image
 from .loading import load_model
 from .model import RestorationModel
@@ -85,19 +84,17 @@ class RestoreSession:
                               **self.params, **kwargs)
 
     # ---- writing ------------------------------------------------------------------------------------
-    def write(self, result: RestoreResult, output, like: str | os.PathLike | None = None,
-              calibration: Calibration | None = None) -> list[Path]:
+    def write(self, result: RestoreResult, output, like: str | os.PathLike | None = None) -> list[Path]:
         """Write the result's fields atomically next to each other (OUTPUT, OUTPUT_std, ...: TIFF,
         or OME-Zarr images laid out as a streamed run's), the restored image in the input's
-        dtype, calibrated as the input (``calibration``, else the metadata of the file ``like``)
-        through the task's geometry: voxel sizes scaled, units kept. Side files go first: an
-        OUTPUT on disk means the whole run finished. Returns the paths written."""
-        if calibration is None and like is not None:
-            calibration = read_calibration(like)
-        ndim = np.ndim(result.mean)
-        out = self.geometry.output_calibration(calibration, ndim) if calibration is not None else None
-        if out is None and self.geometry != Geometry():  # unit-less, but the grid changed: say how
-            out = self.geometry.output_calibration(None, ndim)
+        dtype, calibrated as the input file ``like`` through the task's geometry: voxel sizes
+        scaled, units kept (an input without a calibration gives outputs without one, unless the
+        grid changed: then the relative voxel size). Side files go first: an OUTPUT on disk means
+        the whole run finished. Returns the paths written."""
+        calibration = read_calibration(like) if like is not None else None
+        out = None
+        if calibration is not None or self.geometry != Geometry():
+            out = self.geometry.output_calibration(calibration, np.ndim(result.mean))
         paths = output_paths(output)
         fields = [o.field for o in OUTPUTS if getattr(result, o.field) is not None]
         written = {}
@@ -126,5 +123,6 @@ def check_paths(input_path, output_path) -> tuple[Path, dict[str, Path]]:
     for path in outputs.values():
         resolved = path.resolve()
         if resolved == protected or protected in resolved.parents:
-            raise ValueError(f"output {path} would overwrite the input {source} — choose another OUTPUT name")
+            where = "overwrite" if protected == resolved_input else f"be written inside {protected.name}, which holds"
+            raise ValueError(f"output {path} would {where} the input {source} — choose another OUTPUT name")
     return source, outputs
