@@ -140,6 +140,28 @@ def test_streamed_store_validates_gets_pyramid_levels_and_resumes_keeping_them(t
     check_result_stores(out, FIELDS, (50.0, 4.0, 4.0), "nanometer", (100.0, 8.0, 12.0))
 
 
+def test_pyramid_levels_are_built_chunk_by_chunk(tmp_path):
+    """Building the levels of a 34 MB volume holds a few chunks at a time, never the volume."""
+    import tracemalloc
+
+    group = ome_zarr.create_image(tmp_path / "big.zarr", (2, 2048, 2048), "float32", (1, 256, 256),
+                                  Calibration.of((50, 4, 4), "nm"), "big")
+    rng = np.random.default_rng(0)
+    for z in range(2):
+        for y in range(0, 2048, 256):
+            group["0"][z, y:y + 256] = rng.random((256, 2048), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        assert ome_zarr.add_levels(tmp_path / "big.zarr") == 3  # 2048 -> 1024 -> 512
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2048 * 2048 * 4 / 4, f"{peak / 1e6:.1f} MB"
+    validated_ome_zarr(tmp_path / "big.zarr")
+    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "big.zarr"))["2"][1, 5, 7],
+                               group["0"][1, 20:24, 28:32].mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_superres_and_isotropic_stores_validate_with_scaled_voxels(tmp_path, capsys, sr_run, iso_run, streamed):
     chunking = ["--chunk", "2,32,32"] if streamed else []
