@@ -1,23 +1,40 @@
 """Reading, checking and writing EM images: TIFF (2D or a stack) and zarr (v2 or v3, read lazily).
 
-Voxel sizes travel as ImageJ metadata in TIFF (``spacing`` for Z, resolution tags for Y/X) and
-as a ``voxel_size`` attribute (z, y, x order, like the array's axes) in zarr. Every write goes to
-a temporary name first and is renamed into place, so an interrupted run never leaves half a file.
+Every image carries its :class:`~napari_emdiffuse.calibration.Calibration` (voxel size, units,
+origin). TIFF: read from OME-TIFF metadata, ImageJ metadata (``unit``, ``spacing``, origin) or
+the resolution tags (and their unit), with tifffile's own readers; written back as ImageJ
+metadata in the same unit (an ImageJ "nm" stays "nm"; no unit stays none), or as OME-TIFF for
+an ``.ome.tif`` name or a data type ImageJ cannot hold. zarr: read from OME-Zarr metadata (or a
+plain array's ``voxel_size`` attribute); every zarr written is an OME-Zarr image
+(:mod:`.ome_zarr`). Files the package writes say what they hold (:func:`read_about`). Every
+write goes to a temporary name first and is renamed into place, so an interrupted run never
+leaves half a file.
 """
 from __future__ import annotations
 
+import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import zarr
 
+from . import ome_zarr
+from .calibration import Calibration, convert, space_unit, unit_symbol
 from .files import atomic_directory, atomic_write
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 ZARR_SUFFIXES = (".zarr",)
 SUPPORTED = "TIFF (.tif, .tiff) or zarr (.zarr)"
+SOFTWARE = "napari-emdiffuse"
+ABOUT = "emdiffuse"  # what a file the package wrote holds: {"field": "std", "task": "denoise"}
+IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)  # what ImageJ hyperstacks hold
+_RESOLUTION_UNITS = {tifffile.RESUNIT.INCH: "inch", tifffile.RESUNIT.CENTIMETER: "centimeter",
+                     tifffile.RESUNIT.MILLIMETER: "millimeter", tifffile.RESUNIT.MICROMETER: "micrometer"}
+# the units baseline TIFF readers know in the ResolutionUnit tag
+_RESOLUTION_TAGS = {unit: tag for tag, unit in _RESOLUTION_UNITS.items() if unit in ("inch", "centimeter")}
 
 
 class ImageError(ValueError):
@@ -25,25 +42,57 @@ class ImageError(ValueError):
 
 
 def image_format(path: str | os.PathLike) -> str:
-    """``tiff`` or ``zarr`` by extension; anything else is an error."""
-    suffix = Path(path).suffix.lower()
+    """``tiff`` or ``zarr`` by extension (a path inside a ``.zarr`` store is zarr); anything
+    else is an error."""
+    path = Path(path)
+    suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return "tiff"
-    if suffix in ZARR_SUFFIXES:
+    if suffix in ZARR_SUFFIXES or any(p.suffix.lower() in ZARR_SUFFIXES for p in path.parents):
         return "zarr"
-    raise ImageError(f"{Path(path).name}: unknown image format {suffix or '(no extension)'!r} — "
+    raise ImageError(f"{path.name}: unknown image format {suffix or '(no extension)'!r} — "
                      f"use {SUPPORTED}")
 
 
-def _open_zarr_array(path: Path):
+@contextmanager
+def _reading(path: Path, fmt: str):
+    """Errors of tifffile and zarr (many types, for damaged or foreign files) as one line."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ImageError(f"cannot read {path.name} ({reason}) — check that it is a valid "
+                         f"{'zarr store' if fmt == 'zarr' else 'TIFF file'}") from None
+
+
+def _open_zarr(path: Path):
+    """(array, its OME-Zarr metadata or None, the node opened): a zarr array, or the finest level
+    of an OME-Zarr image whose axes the restorers can use; any other group is refused."""
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return node
-    # A group: OME-Zarr's full-resolution level ("0"), else its only/first array.
-    arrays = dict(node.arrays())
-    if not arrays:
-        raise ImageError(f"{path.name} is a zarr group without arrays — point at the array inside it")
-    return arrays.get("0") or arrays[sorted(arrays)[0]]
+        return node, None, node
+    attrs = dict(node.attrs)
+    if "bioformats2raw.layout" in attrs and "0" in node:  # bioformats2raw: the first image
+        node, attrs = node["0"], dict(node["0"].attrs)
+    try:
+        multiscale = ome_zarr.read_multiscale(attrs)
+    except ValueError as e:
+        raise ImageError(f"{path.name} {e}") from None
+    if multiscale is None:
+        arrays = sorted(name for name, _ in node.arrays())
+        hint = (f"give the array inside it ({path.name}/{arrays[0]})" if arrays else
+                "give an OME-Zarr image or a zarr array")
+        raise ImageError(f"{path.name} is a zarr group but not an OME-Zarr image (no multiscales metadata) — {hint}")
+    if multiscale.paths[0] not in node or not isinstance(node[multiscale.paths[0]], zarr.Array):
+        raise ImageError(f"{path.name}: its OME-Zarr metadata names level {multiscale.paths[0]!r}, which is not "
+                         "an array in the store — check the store")
+    array = node[multiscale.paths[0]]
+    if array.ndim != len(multiscale.axes):
+        raise ImageError(f"{path.name} has {len(multiscale.axes)} axes in its OME-Zarr metadata but a "
+                         f"{array.ndim}-dimensional array — check the store")
+    return array, multiscale, node
 
 
 def read_image(path: str | os.PathLike):
@@ -52,22 +101,34 @@ def read_image(path: str | os.PathLike):
     fmt = image_format(path)
     if not path.exists():
         raise ImageError(f"{path} does not exist — check the path")
-    try:
+    with _reading(path, fmt):
         if fmt == "zarr":
-            return _open_zarr_array(path)
+            return _open_zarr(path)[0]
         with tifffile.TiffFile(path) as tif:
-            if not len(tif.pages) or not tif.series:
-                raise ImageError(f"cannot read {path.name} (no image in it) — check that it is a valid TIFF file")
-            if tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB:
-                shape = tuple(tif.series[0].shape)
-                raise ImageError(f"{path.name} is RGB {shape} — convert it to grayscale first")
+            _check_tiff(tif, path)
             return tif.asarray()
-    except ImageError:
-        raise
-    except Exception as e:  # tifffile and zarr raise many types for damaged or foreign files
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ImageError(f"cannot read {path.name} ({reason}) — check that it is a valid "
-                         f"{'zarr store' if fmt == 'zarr' else 'TIFF file'}") from None
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape :func:`read_image` would give, reading metadata only; refuses the same inputs."""
+    path = Path(path)
+    fmt = image_format(path)
+    if not path.exists():
+        raise ImageError(f"{path} does not exist — check the path")
+    with _reading(path, fmt):
+        if fmt == "zarr":
+            return tuple(_open_zarr(path)[0].shape)
+        with tifffile.TiffFile(path) as tif:
+            _check_tiff(tif, path)
+            return tuple(tif.series[0].shape)
+
+
+def _check_tiff(tif: tifffile.TiffFile, path: Path) -> None:
+    if not len(tif.pages) or not tif.series:
+        raise ImageError(f"cannot read {path.name} (no image in it) — check that it is a valid TIFF file")
+    if tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB:
+        shape = tuple(tif.series[0].shape)
+        raise ImageError(f"{path.name} is RGB {shape} — convert it to grayscale first")
 
 
 def check_image(image, name: str = "the image") -> None:
@@ -106,71 +167,170 @@ def _value_range(image) -> tuple[float, float]:
     return lo, hi
 
 
+def read_calibration(path: str | os.PathLike) -> Calibration | None:
+    """The image's voxel size, units and origin in its axis order ((y, x) or (z, y, x)), or None
+    when the file says nothing (no metadata, or unit voxels without units at the origin)."""
+    path = Path(path)
+    fmt = image_format(path)
+    with _reading(path, fmt):
+        if fmt == "zarr":
+            array, multiscale, _ = _open_zarr(path)
+            if multiscale is not None:
+                calibration = multiscale.calibration
+            else:
+                size = array.attrs.get("voxel_size")  # a plain array: the package's older attribute
+                calibration = Calibration.of(size[-array.ndim:]) if size else None
+        else:
+            with tifffile.TiffFile(path) as tif:
+                ndim = min(len(tif.series[0].shape), 3)
+                calibration = _ome_tiff_calibration(tif, ndim) or _imagej_calibration(tif, ndim) or \
+                    _tag_calibration(tif.pages[0], ndim)
+    return None if calibration is None or calibration.is_pixels else calibration
+
+
 def read_voxel_size(path: str | os.PathLike) -> tuple[float, ...] | None:
     """Voxel size in the array's axis order ((y, x) or (z, y, x)), or None when the file has none."""
+    calibration = read_calibration(path)
+    return None if calibration is None else calibration.voxel_size
+
+
+def _ome_tiff_calibration(tif: tifffile.TiffFile, ndim: int) -> Calibration | None:
+    if not tif.is_ome:
+        return None
+    image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+    pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    axes = "ZYX"[-ndim:]
+    sizes = [pixels.get(f"PhysicalSize{a}") for a in axes]
+    if all(size is None for size in sizes):
+        return None
+    units = [space_unit(pixels.get(f"PhysicalSize{a}Unit", "µm")) if size is not None else None  # the schema's default
+             for a, size in zip(axes, sizes)]
+    plane = pixels.get("Plane") or {}
+    plane = plane[0] if isinstance(plane, list) else plane  # the first plane's position: the origin
+    translation = [convert(plane.get(f"Position{a}", 0.0), space_unit(plane.get(f"Position{a}Unit", unit)), unit)
+                   for a, unit in zip(axes, units)]
+    return Calibration.of([1.0 if size is None else float(size) for size in sizes], units,
+                          [0.0 if t is None else t for t in translation])
+
+
+def _imagej_calibration(tif: tifffile.TiffFile, ndim: int) -> Calibration | None:
+    meta = tif.imagej_metadata
+    if not meta:
+        return None
+    xres, yres = tif.pages[0].resolution
+    unit = meta.get("unit")
+    sizes = (float(meta.get("spacing", 1.0)), 1.0 / yres if yres else 1.0, 1.0 / xres if xres else 1.0)
+    units = (meta.get("zunit", unit), meta.get("yunit", unit), unit)
+    origins = (meta.get(f"{a}origin", 0.0) for a in "zyx")  # ImageJ's origin is in pixels
+    translation = [0.0 - float(o) * s for o, s in zip(origins, sizes)]
+    return Calibration.of(sizes[-ndim:], units[-ndim:], translation[-ndim:])
+
+
+def _tag_calibration(page, ndim: int) -> Calibration | None:
+    xres, yres = page.resolution
+    if not xres or not yres or (xres, yres) == (1.0, 1.0):
+        return None
+    unit = _RESOLUTION_UNITS.get(page.resolutionunit)
+    return Calibration.of((1.0, 1.0 / yres, 1.0 / xres)[-ndim:], (None, unit, unit)[-ndim:])
+
+
+def read_about(path: str | os.PathLike) -> dict | None:
+    """What a file the package wrote holds (``{"field": "std", "task": "denoise"}``), or None
+    for any other file (or one that cannot be read)."""
     path = Path(path)
-    if image_format(path) == "zarr":
-        attrs = dict(zarr.open(str(path), mode="r").attrs)
-        size = attrs.get("voxel_size")
-        return tuple(float(v) for v in size) if size else None
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        ndim = len(tif.series[0].shape)
-        tags = page.tags
-        if "XResolution" not in tags or "YResolution" not in tags:
-            return None
-        xres, yres = (tags[t].value for t in ("XResolution", "YResolution"))
-        if xres[0] == 0 or yres[0] == 0 or (xres == (1, 1) and yres == (1, 1) and not tif.imagej_metadata):
-            return None
-        size = [yres[1] / yres[0], xres[1] / xres[0]]
-        if ndim == 3:
-            size.insert(0, float((tif.imagej_metadata or {}).get("spacing", 1.0)))
-        return tuple(float(v) for v in size)
+    try:
+        if image_format(path) == "zarr":
+            about = dict(zarr.open(str(path), mode="r").attrs).get(ABOUT)
+        else:
+            with tifffile.TiffFile(path) as tif:
+                text = (tif.imagej_metadata or {}).get("Info")
+                if text is None and tif.is_ome:
+                    image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+                    text = (image[0] if isinstance(image, list) else image).get("Description")
+                about = json.loads(text).get(ABOUT) if isinstance(text, str) and text.startswith("{") else None
+    except Exception:  # noqa: BLE001 - not ours, or not readable: nothing to say
+        return None
+    return about if isinstance(about, dict) else None
 
 
-def write_image(path: str | os.PathLike, array, voxel_size=None, like: str | os.PathLike | None = None) -> Path:
-    """Write a TIFF or a zarr store atomically. ``voxel_size`` defaults to ``like``'s (a path to
-    the input the array came from) when that has one; zarr stores follow ``like``'s zarr format."""
+def write_image(path: str | os.PathLike, array, voxel_size=None, like: str | os.PathLike | None = None, *,
+                units=None, calibration: Calibration | None = None, about: dict | None = None,
+                label: dict | None = None) -> Path:
+    """Write a TIFF or an OME-Zarr image atomically. Its calibration is ``calibration``, else
+    ``voxel_size`` (with ``units``: one for all axes or one per axis, any spelling), else
+    ``like``'s (a path to the input the array came from) when that has one. zarr: an OME-Zarr
+    (NGFF 0.5, zarr v3) image with pyramid levels when large. ``about`` says what the file holds
+    (read back with :func:`read_about`); ``label`` (OME-Zarr ``image-label`` metadata) stores a
+    labels image."""
     path = Path(path)
     fmt = image_format(path)
     array = np.asarray(array)
-    if voxel_size is None and like is not None:
-        voxel_size = read_voxel_size(like)
-    if voxel_size is not None:
-        voxel_size = tuple(float(v) for v in voxel_size)[-array.ndim:]
+    if calibration is None and voxel_size is not None:
+        calibration = Calibration.of(tuple(voxel_size)[-array.ndim:], units)
+    if calibration is None and like is not None:
+        calibration = read_calibration(like)
+    if calibration is not None:
+        calibration = calibration.fit(array.ndim)
     if fmt == "tiff":
-        atomic_write(path, lambda tmp: _write_tiff(tmp, array, voxel_size))
+        atomic_write(path, lambda tmp: _write_tiff(tmp, array, calibration, about, ome=_is_ome_tiff(path)))
         return path
-    zarr_format = _zarr_format_of(like)
-    return atomic_directory(path, lambda tmp: _write_zarr(tmp, array, voxel_size, zarr_format))
+    return atomic_directory(path, lambda tmp: _write_zarr(tmp, array, calibration, path.stem, about, label))
 
 
-def _write_tiff(path: Path, array: np.ndarray, voxel_size) -> None:
-    kwargs = {}
-    # ImageJ hyperstacks cannot hold 64-bit or signed 8-bit data; plain TIFF keeps those exact.
-    imagej = array.dtype in (np.uint8, np.uint16, np.float32)
-    if voxel_size is not None:
-        kwargs["resolution"] = (1.0 / voxel_size[-1], 1.0 / voxel_size[-2])
-        if imagej:
-            kwargs["metadata"] = {"axes": "ZYX" if array.ndim == 3 else "YX", "unit": "um"}
-            if array.ndim == 3:
-                kwargs["metadata"]["spacing"] = voxel_size[0]
-    tifffile.imwrite(path, array, imagej=imagej and voxel_size is not None, photometric="minisblack", **kwargs)
+def _is_ome_tiff(path: Path) -> bool:
+    return path.name.lower().endswith((".ome.tif", ".ome.tiff"))
 
 
-def _zarr_format_of(like) -> int:
-    if like is not None and image_format(like) == "zarr":
-        try:
-            return int(zarr.open(str(like), mode="r").metadata.zarr_format)
-        except Exception:  # not readable as zarr: fall back to the current format
-            pass
-    return 3
+def _write_tiff(path, array: np.ndarray, calibration: Calibration | None, about: dict | None, ome: bool) -> None:
+    """ImageJ hyperstack metadata (the unit as ImageJ spells it, the z spacing, the origin), or
+    OME-TIFF for an .ome.tif name or a data type ImageJ cannot hold (64-bit, signed 8/16-bit)."""
+    axes = "ZYX"[-array.ndim:]
+    metadata: dict = {"axes": axes}
+    kwargs: dict = {"photometric": "minisblack", "software": SOFTWARE}
+    note = json.dumps({ABOUT: about}) if about else None
+    if ome or array.dtype not in IMAGEJ_DTYPES:
+        if calibration is not None:
+            for a, size, unit in zip(axes, calibration.voxel_size, calibration.units):
+                metadata[f"PhysicalSize{a}"] = size
+                metadata[f"PhysicalSize{a}Unit"] = unit_symbol(unit, "ome") or "pixel"
+            if any(calibration.translation):  # each plane's position, in its axes' units
+                planes = 1 if array.ndim == 2 else array.shape[0]
+                origin = dict(zip(axes, calibration.translation))
+                steps = dict(zip(axes, calibration.voxel_size))
+                metadata["Plane"] = {f"Position{a}": [origin[a] + (i * steps[a] if a == "Z" else 0.0)
+                                                      for i in range(planes)] for a in axes}
+                metadata["Plane"].update({f"Position{a}Unit": [metadata[f"PhysicalSize{a}Unit"]] * planes
+                                          for a in axes})
+        if note:
+            metadata["Description"] = note
+        tifffile.imwrite(path, array, ome=True, metadata=metadata, **kwargs)
+        return
+    if calibration is not None:
+        sizes = (1.0,) * (3 - array.ndim) + calibration.voxel_size
+        units = (None,) * (3 - array.ndim) + calibration.units
+        origins = (0.0,) * (3 - array.ndim) + calibration.translation
+        kwargs["resolution"] = (1.0 / sizes[2], 1.0 / sizes[1])
+        kwargs["resolutionunit"] = _RESOLUTION_TAGS.get(units[2], tifffile.RESUNIT.NONE)
+        if units[2]:
+            metadata["unit"] = unit_symbol(units[2])
+        for axis, other in (("y", units[1]), ("z", units[0]))[: array.ndim - 1]:
+            if other != units[2]:  # ImageJ takes ``unit`` for every axis without its own
+                metadata[f"{axis}unit"] = unit_symbol(other) or "pixel"
+        if array.ndim == 3:
+            metadata["spacing"] = sizes[0]
+        for axis, origin, size in zip("zyx", origins, sizes):
+            if origin:
+                metadata[f"{axis}origin"] = -origin / size
+    if note:
+        metadata["Info"] = note
+    tifffile.imwrite(path, array, imagej=True, metadata=metadata, **kwargs)
 
 
-def _write_zarr(path: Path, array: np.ndarray, voxel_size, zarr_format: int) -> None:
-    chunks = tuple(min(s, c) for s, c in zip(array.shape, (1,) * (array.ndim - 2) + (512, 512)))
-    z = zarr.create_array(store=str(path), shape=array.shape, dtype=array.dtype, chunks=chunks,
-                          zarr_format=zarr_format, overwrite=True)
-    z[...] = array
-    if voxel_size is not None:
-        z.attrs["voxel_size"] = list(voxel_size)
+def _write_zarr(path: Path, array: np.ndarray, calibration: Calibration | None, name: str, about: dict | None,
+                label: dict | None) -> None:
+    """An OME-Zarr image: the array at ``0``, then its pyramid levels."""
+    chunks = (1,) * (array.ndim - 2) + (512, 512)
+    group = ome_zarr.create_image(path, array.shape, array.dtype, chunks, calibration, name, label=label,
+                                  attributes={ABOUT: about} if about else None)
+    group["0"][...] = array
+    ome_zarr.add_levels(path)

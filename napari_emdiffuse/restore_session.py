@@ -11,11 +11,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .engine import restore_whole, run
-from .io import check_image, image_format, read_voxel_size, write_image
+from .io import TIFF_SUFFIXES, ZARR_SUFFIXES, check_image, image_format, read_calibration, write_image
 from .loading import load_model
 from .model import RestorationModel
 from .requests import RestoreRequest
-from .results import OUTPUTS, RestoreResult, output_dtype, output_paths
+from .results import OUTPUTS, RestoreResult, describe_file, output_dtype, output_paths
 from .streaming import StreamReport, stream_restore
 from .tasks import get_task
 from .tasks.base import Geometry
@@ -75,7 +75,8 @@ class RestoreSession:
 
     def stream(self, image, output, **kwargs) -> StreamReport:
         """Restore chunk by chunk into the OME-Zarr store ``output`` (resuming an unfinished run);
-        ``kwargs``: chunk, halo, cluster, on_chunk, replace_other_runs, ... (stream_restore)."""
+        ``kwargs``: chunk, halo, cluster, on_chunk, calibration, replace_other_runs, ...
+        (stream_restore)."""
         if image_format(output) != "zarr":
             raise ValueError(f"streamed runs write OME-Zarr: give the output a .zarr name, not {Path(output).name}")
         return stream_restore(image, output, self.model, task=self.task.name, options=self.request.options,
@@ -84,11 +85,16 @@ class RestoreSession:
 
     # ---- writing ------------------------------------------------------------------------------------
     def write(self, result: RestoreResult, output, like: str | os.PathLike | None = None) -> list[Path]:
-        """Write the result's fields atomically next to each other (OUTPUT, OUTPUT_std, ...), the
-        restored image in the input's dtype, with the output's voxel size (the input's, ``like``,
-        scaled by the task's geometry). Side files go first: an OUTPUT on disk means the whole run
-        finished. Returns the paths written."""
-        voxel = self.geometry.output_voxel_size(read_voxel_size(like)) if like is not None else None
+        """Write the result's fields atomically next to each other (OUTPUT, OUTPUT_std, ...: TIFF,
+        or OME-Zarr images laid out as a streamed run's), the restored image in the input's
+        dtype, calibrated as the input file ``like`` through the task's geometry: voxel sizes
+        scaled, units kept (an input without a calibration gives outputs without one, unless the
+        grid changed: then the relative voxel size). Side files go first: an OUTPUT on disk means
+        the whole run finished. Returns the paths written."""
+        calibration = read_calibration(like) if like is not None else None
+        out = None
+        if calibration is not None or self.geometry != Geometry():
+            out = self.geometry.output_calibration(calibration, np.ndim(result.mean))
         paths = output_paths(output)
         fields = [o.field for o in OUTPUTS if getattr(result, o.field) is not None]
         written = {}
@@ -96,21 +102,27 @@ class RestoreSession:
             value = np.asarray(getattr(result, name))
             if name != "mean":
                 value = value.astype(output_dtype(name, value.dtype))
-            written[name] = write_image(paths[name], value, voxel, like=like)
+            written[name] = write_image(paths[name], value, calibration=out,
+                                        **describe_file(name, output, self.task.name))
         return [written[f] for f in fields]
 
 
 def check_paths(input_path, output_path) -> tuple[Path, dict[str, Path]]:
-    """Known formats, an existing input, and no output (or side output) that would overwrite it."""
+    """Known formats, an existing input, and no output (or side output) that would overwrite it
+    or be written inside the zarr store it lives in."""
     source, output = Path(input_path), Path(output_path)
     image_format(source)
-    image_format(output)
+    if output.suffix.lower() not in (*TIFF_SUFFIXES, *ZARR_SUFFIXES):  # not a path inside a store
+        image_format(output.name)
     if not source.exists():
         raise ValueError(f"{source} does not exist — check the INPUT path")
     outputs = output_paths(output)
     resolved_input = source.resolve()
+    stores = [p for p in (resolved_input, *resolved_input.parents) if p.suffix.lower() in ZARR_SUFFIXES]
+    protected = stores[-1] if stores else resolved_input  # an array inside a store: the whole store
     for path in outputs.values():
         resolved = path.resolve()
-        if resolved == resolved_input or resolved_input in resolved.parents:
-            raise ValueError(f"output {path} would overwrite the input {source} — choose another OUTPUT name")
+        if resolved == protected or protected in resolved.parents:
+            where = "overwrite" if protected == resolved_input else f"be written inside {protected.name}, which holds"
+            raise ValueError(f"output {path} would {where} the input {source} — choose another OUTPUT name")
     return source, outputs

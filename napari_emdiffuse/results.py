@@ -9,14 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
+MASK_RGBA = (1.0, 0.15, 0.1, 1.0)  # the reliability mask's colour: napari layers and OME-Zarr image-label
+
+
+def _split_extension(path: Path) -> tuple[str, str]:
+    """``out.ome.tif`` -> (``out``, ``.ome.tif``)."""
+    suffixes = path.suffixes[-2:] if len(path.suffixes) >= 2 and path.suffixes[-2].lower() == ".ome" else path.suffixes[-1:]
+    ext = "".join(suffixes)
+    return path.name[: len(path.name) - len(ext)], ext
 
 
 def sibling_path(path: str | os.PathLike, tag: str) -> Path:
     """``out.tif`` -> ``out_std.tif`` (``out.ome.tif`` -> ``out_std.ome.tif``)."""
     path = Path(path)
-    suffixes = path.suffixes[-2:] if len(path.suffixes) >= 2 and path.suffixes[-2].lower() == ".ome" else path.suffixes[-1:]
-    ext = "".join(suffixes)
-    return path.with_name(f"{path.name[: len(path.name) - len(ext)]}_{tag}{ext}")
+    stem, ext = _split_extension(path)
+    return path.with_name(f"{stem}_{tag}{ext}")
 
 
 @dataclass
@@ -76,6 +83,30 @@ def output_paths(output: str | os.PathLike, fields=FIELDS) -> dict[str, Path]:
     """OUTPUT and its siblings (OUTPUT_std, ...) by field: the names every route writes."""
     output = Path(output)
     return {f: output if BY_FIELD[f].tag is None else sibling_path(output, BY_FIELD[f].tag) for f in fields}
+
+
+def output_of(path: str | os.PathLike, field_name: str) -> Path:
+    """The OUTPUT a file holding ``field_name`` belongs to: ``out_std.tif`` -> ``out.tif`` (the
+    inverse of :func:`output_paths`)."""
+    path = Path(path)
+    tag = BY_FIELD[field_name].tag
+    stem, ext = _split_extension(path)
+    if tag is None or not stem.endswith(f"_{tag}"):
+        return path
+    return path.with_name(stem[: -len(tag) - 1] + ext)
+
+
+def describe_file(field_name: str, output: str | os.PathLike, task: str) -> dict:
+    """What the file of ``field_name`` says about itself (``io.write_image``'s ``about`` and
+    ``label``): the field and task it holds, and for the mask, OME-Zarr ``image-label``
+    metadata (its colour and name, and OUTPUT, the image it labels)."""
+    row = BY_FIELD[field_name]
+    described = {"about": {"field": field_name, "task": task}}
+    if row.layer == "labels":
+        described["label"] = {"colors": [{"label-value": 1, "rgba": [round(255 * c) for c in MASK_RGBA]}],
+                              "properties": [{"label-value": 1, "name": row.label}],
+                              "source": {"image": f"../{Path(output).name}"}}
+    return described
 
 
 def acquired_value(field_name: str, plane: np.ndarray) -> np.ndarray:

@@ -133,3 +133,31 @@ class ConditionNet(torch.nn.Module):
     def forward(self, x, noise_level):
         return x[:, :1] + 0 * self.dummy
 
+
+
+def validated_ome_zarr(path, labels: bool = False):
+    """The store as ome-zarr-models reads it: an OME-Zarr 0.5 image (or, ``labels``, image-label)
+    group; anything else fails the test."""
+    import ome_zarr_models
+    import zarr
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    model = ome_zarr_models.open_ome_zarr(zarr.open_group(str(path), mode="r"), version="0.5")
+    assert type(model) is (ImageLabel if labels else Image), type(model)
+    return model
+
+
+def layer_look(layer) -> dict:
+    """What a user sees of a napari layer: its kind, colours, blending, opacity, visibility and
+    grid (scale, translate, units)."""
+    import numpy as np
+
+    seen = {"kind": type(layer).__name__, "blending": layer.blending, "opacity": layer.opacity,
+            "visible": layer.visible, "scale": tuple(layer.scale), "translate": tuple(layer.translate),
+            "units": tuple(str(u) for u in layer.units)}
+    if seen["kind"] == "Labels":
+        seen["colours"] = {k: tuple(np.round(v, 3)) for k, v in layer.colormap.color_dict.items() if k is not None}
+    else:
+        seen["colours"] = (layer.colormap.name, np.round(layer.colormap.colors, 3).tolist())
+    return seen

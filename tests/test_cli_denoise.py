@@ -15,6 +15,7 @@ import yaml
 import zarr
 
 from napari_emdiffuse.cli import main
+from napari_emdiffuse.io import read_voxel_size
 from napari_emdiffuse.model import model_from_card
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.training.runs import save_model
@@ -101,10 +102,10 @@ def test_zarr_stack_in_and_out(tmp_path, tiny_run, capsys):
     code, _, stderr = run_cli(capsys, "denoise", tmp_path / "stack.zarr", "-o", tmp_path / "den.zarr",
                               "--model", tiny_run, "--steps", "1")
     assert code == 0, stderr
-    result = zarr.open(str(tmp_path / "den.zarr"), mode="r")
-    assert result.shape == (2, 48, 64) and result.dtype == np.uint16
-    assert result.attrs["voxel_size"] == [0.03, 0.005, 0.005]
-    assert zarr.open(str(tmp_path / "den_std.zarr"), mode="r").dtype == np.float32
+    result = zarr.open_group(str(tmp_path / "den.zarr"), mode="r")  # the layout of a streamed run's store
+    assert result["0"].shape == (2, 48, 64) and result["0"].dtype == np.uint16
+    assert read_voxel_size(tmp_path / "den.zarr") == (0.03, 0.005, 0.005)
+    assert zarr.open_group(str(tmp_path / "den_std.zarr"), mode="r")["0"].dtype == np.float32
 
 
 def test_default_model_is_the_demo_preset(tmp_path, em_input, tiny_run, monkeypatch, capsys):

@@ -110,15 +110,17 @@ def test_isotropic_estimate_and_ensemble_reach_the_core(tmp_path, capsys, iso_ru
     assert not np.array_equal(expected.mean, single.mean)
 
 
-def test_isotropic_zarr_voxel_size_attribute(tmp_path, capsys, iso_run):
+def test_isotropic_zarr_output_has_the_z_spacing_as_ome_scale(tmp_path, capsys, iso_run):
     source = tmp_path / "aniso.zarr"
-    write_image(source, anisotropic_volume()[:2], voxel_size=(40.0, 8.0, 8.0))
-    code, _, err = run_cli(capsys, "isotropic", source, "-o", tmp_path / "iso.zarr", "--model", iso_run,
-                           "--samples", 1, "--steps", 1, "--device", "cpu")
+    write_image(source, anisotropic_volume()[:2], voxel_size=(40.0, 8.0, 8.0), units="nm")
+    code, out, err = run_cli(capsys, "isotropic", source, "-o", tmp_path / "iso.zarr", "--model", iso_run,
+                             "--samples", 1, "--steps", 1, "--device", "cpu")
     assert code == 0, err
-    out = zarr.open(str(tmp_path / "iso.zarr"), mode="r")
-    assert out.shape == (6, 48, 64)
-    assert list(out.attrs["voxel_size"]) == pytest.approx([8.0, 8.0, 8.0])
+    iso = zarr.open_group(str(tmp_path / "iso.zarr"), mode="r")
+    assert iso["0"].shape == (6, 48, 64)
+    dataset = iso.attrs["ome"]["multiscales"][0]["datasets"][0]
+    assert dataset["coordinateTransformations"][0]["scale"] == pytest.approx([8.0, 8.0, 8.0])
+    assert "z spacing 8 nm" in out
 
 
 @pytest.mark.parametrize("case, message", [

@@ -99,6 +99,10 @@ def test_cancel_keeps_finished_gaps(dock, qtbot, notifications):
 def test_zarr_volume_streams_into_a_lazy_isotropic_layer(dock, qtbot, notifications, tmp_path, iso_run):
     import zarr
 
+    from conftest import layer_look, validated_ome_zarr
+    from napari_emdiffuse._widgets._results import KEY
+    from napari_emdiffuse.calibration import Calibration
+    from napari_emdiffuse.io import read_calibration
     from napari_emdiffuse.streaming import open_result, stream_restore
 
     viewer, widget = dock
@@ -106,7 +110,7 @@ def test_zarr_volume_streams_into_a_lazy_isotropic_layer(dock, qtbot, notificati
     store = zarr.open_array(tmp_path / "aniso.zarr", mode="w", shape=volume.shape, chunks=(1, 64, 64),
                             dtype=volume.dtype)
     store[:] = volume
-    source = viewer.add_image(store, name="aniso", scale=VOXEL)
+    source = viewer.add_image(store, name="aniso", scale=VOXEL, units="nm")
     widget.image.value = source
     assert not widget.store.native.isHidden()  # a result store is offered for a lazy volume
     widget.settings.store = str(tmp_path / "iso.zarr")
@@ -122,6 +126,14 @@ def test_zarr_volume_streams_into_a_lazy_isotropic_layer(dock, qtbot, notificati
     assert widget.run_state.status.startswith("reconstructed")
     core = stream_restore(store, tmp_path / "core.zarr", str(iso_run), task="isotropic", device="cpu")
     np.testing.assert_array_equal(out.data[...], open_result(core.output)[...])
+
+    # the store is OME-Zarr 0.5 at the layer's units, z scaled; the reader shows it as the widget did
+    validated_ome_zarr(tmp_path / "iso.zarr")
+    assert read_calibration(tmp_path / "iso.zarr") == Calibration.of((10, 10, 10), "nm")
+    opened = {layer.metadata[KEY]["role"]: layer for layer in viewer.open(tmp_path / "iso.zarr",
+                                                                            plugin="napari-emdiffuse")}
+    assert layer_look(opened["isotropic"]) == layer_look(out)
+    assert layer_look(opened["isotropic_std"]) == layer_look(viewer.layers["aniso isotropic uncertainty (std)"])
 
     widget.start()  # the same settings again: every chunk is already there
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)

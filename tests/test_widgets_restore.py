@@ -190,6 +190,40 @@ def test_zarr_stack_streams_into_lazy_layers_that_fill_chunk_by_chunk(dock, qtbo
     assert store[...].tolist() == load_fibsem()[:3, :96, :96].tolist()  # the input is untouched
 
 
+def test_streamed_store_records_the_layer_grid_validates_and_reopens_as_shown(dock, qtbot, tiny_model_dir, tmp_path,
+                                                                              notifications):
+    """The store of a widget run is OME-Zarr 0.5 on the layer's grid (scale, units, translate);
+    opened with the plugin's reader, it shows as the widget showed it."""
+    from conftest import layer_look, validated_ome_zarr
+    from napari_emdiffuse.io import read_calibration
+    from napari_emdiffuse.results import output_paths
+
+    viewer, widget = dock
+    volume = load_fibsem()[:2, :64, :64]
+    store = zarr.open_array(tmp_path / "fib.zarr", mode="w", shape=volume.shape, chunks=(1, 64, 64), dtype=volume.dtype)
+    store[:] = volume
+    source = viewer.add_image(store, name="fib", scale=(10, 10, 10), units="nm", translate=(500, 20, 40))
+    widget.image.value = source
+    widget.settings.model = str(tiny_model_dir)
+    widget.settings.scope = "whole stack"
+    widget.settings.store = str(tmp_path / "restored.zarr")
+    run(widget, qtbot)
+    assert not errors(notifications)
+
+    for field, path in output_paths(tmp_path / "restored.zarr").items():
+        validated_ome_zarr(path, labels=field == "mask")
+        calibration = read_calibration(path)
+        assert calibration.voxel_size == (10, 10, 10) and calibration.translation == (500, 20, 40)
+        assert calibration.units == ("nanometer",) * 3
+    shown = results_of(viewer, source)
+    opened = viewer.open(tmp_path / "restored.zarr", plugin="napari-emdiffuse")
+    assert [layer.name for layer in opened] == ["restored restored", "restored uncertainty (std)",
+                                                "restored aleatoric (std)", "restored unreliable"]
+    for role, layer in zip(ROLES, opened):
+        assert layer_look(layer) == layer_look(shown[role]), role
+    np.testing.assert_array_equal(opened[0].data[...], shown["restored"].data[...])
+
+
 def test_cancelled_stream_keeps_written_chunks_and_resumes(dock, qtbot, tiny_model_dir, tmp_path, notifications):
     viewer, widget = dock
     _, source = zarr_layer(viewer, tmp_path, depth=6)

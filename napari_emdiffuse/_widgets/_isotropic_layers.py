@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._results import KEY, layer_uid, source_array
+from ._styles import ISOTROPIC_ROLES, isotropic_std_limits, isotropic_style
 from ._streamed import StoreLayers
 
 
@@ -48,8 +49,7 @@ class IsotropicLayers:
 
     def finish(self) -> None:
         if "std" in self.layers and self.gaps:
-            top = float(np.percentile(self.arrays["std"], 99.5))
-            self.layers["std"].contrast_limits = (0.0, max(top, 1e-6))
+            self.layers["std"].contrast_limits = isotropic_std_limits(self.arrays["std"])
 
 
 class StreamedIsotropicLayers(StoreLayers):
@@ -83,17 +83,17 @@ def add_isotropic_layers(viewer, source, z_factor: int, mean, std=None) -> dict:
     uid, name = layer_uid(source), source.name
     for layer in list(viewer.layers):
         meta = layer.metadata.get(KEY) or {}
-        if meta.get("source") == uid and meta.get("role") in ("isotropic", "isotropic_std"):
+        if meta.get("source") == uid and meta.get("role") in ISOTROPIC_ROLES:
             viewer.layers.remove(layer)
     scale = np.asarray(source.scale, dtype=float).copy()
     scale[0] /= z_factor
     common = {"scale": scale, "translate": np.asarray(source.translate, dtype=float),
               "units": source.units, "axis_labels": source.axis_labels}
     layers = {"isotropic": viewer.add_image(
-        mean, name=f"{name} isotropic", colormap="gray", contrast_limits=source.contrast_limits,
-        metadata={KEY: {"source": uid, "role": "isotropic", "z_factor": z_factor}}, **common)}
+        mean, contrast_limits=source.contrast_limits, metadata={KEY: {"source": uid, "role": "isotropic",
+                                                                      "z_factor": z_factor}},
+        **isotropic_style("isotropic", name), **common)}
     if std is not None:
-        layers["std"] = viewer.add_image(
-            std, name=f"{name} isotropic uncertainty (std)", colormap="inferno", blending="additive",
-            opacity=0.8, metadata={KEY: {"source": uid, "role": "isotropic_std"}}, **common)
+        layers["std"] = viewer.add_image(std, metadata={KEY: {"source": uid, "role": "isotropic_std"}},
+                                         **isotropic_style("isotropic_std", name), **common)
     return layers

@@ -7,22 +7,28 @@ from typing import Callable, Sequence
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtCore import QTimer
 
+from ..calibration import Calibration
 from ..results import BY_ROLE, OUTPUTS
 from ..uncertainty import reliability_mask
+from ._styles import result_style, std_limits
 
 KEY = "emdiffuse"  # layer.metadata key: {"source": source uid, "role": ..., "span": ...}
 ROLES = tuple(o.role for o in OUTPUTS)
 IMAGE_ROLES = tuple(o.role for o in OUTPUTS if o.layer == "image")  # filled from the result; the mask is derived
-MASK_COLOR = (1.0, 0.15, 0.1, 1.0)
 PLACE_PAUSE_MS = 15
 
 
 def source_array(layer):
     """The full-resolution data of an image layer (level 0 of a multiscale one)."""
     return layer.data[0] if layer.multiscale else layer.data
+
+
+def layer_calibration(layer) -> Calibration:
+    """A layer's voxel size, units and translation (where its first pixel's centre lies): what
+    a result store records as its input's."""
+    return Calibration.of(layer.scale, [str(u) for u in layer.units], layer.translate)
 
 
 def layer_uid(layer) -> str:
@@ -70,23 +76,6 @@ def placement(source, out_plane: tuple[int, int], first_z: int) -> tuple[np.ndar
 def _matrix(value) -> np.ndarray:
     """A scale / translate vector or an Affine transform as an array, for comparisons."""
     return np.asarray(getattr(value, "affine_matrix", value), dtype=float)
-
-
-def _std_limits(values: np.ndarray) -> tuple[float, float]:
-    """From the median (typical uncertainty stays clear) to the 99.5th percentile."""
-    finite = values[np.isfinite(values)]
-    low, top = np.percentile(finite, [50, 99.5]) if finite.size else (0.0, 1.0)
-    return float(low), float(max(top, low + 1e-6))
-
-
-def uncertainty_colormap(name: str, rgb: tuple[float, float, float]):
-    """``rgb`` fading in with the uncertainty: transparent where it is low, so the restored image
-    shows through, opaque where it is high."""
-    return Colormap(colors=[(*rgb, 0.0), (*rgb, 1.0)], name=name)
-
-
-def mask_colormap():
-    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: MASK_COLOR})
 
 
 class ResultLayers:
@@ -153,7 +142,7 @@ class ResultLayers:
                 if role in self.layers:
                     self.layers[role].data = self.arrays[role]
         if "std" in self.layers:
-            self.layers["std"].contrast_limits = _std_limits(self.arrays["std"])
+            self.layers["std"].contrast_limits = std_limits(self.arrays["std"])
 
     @staticmethod
     def _part(result, role: str):
@@ -193,7 +182,7 @@ class ResultLayers:
         if role == "restored":
             layer.contrast_limits = self.source.contrast_limits
         elif role == "std":
-            layer.contrast_limits = _std_limits(data[: len(self.finished)] if self.stacked else data)
+            layer.contrast_limits = std_limits(data[: len(self.finished)] if self.stacked else data)
         self.layers[role] = layer
         self._pending.pop(0)
         if self._pending:  # a short pause lets the viewer repaint and take input in between
@@ -218,13 +207,6 @@ def place_result_layer(viewer, source, previous, role: str, data, meta: dict, gr
 def add_result_layer(viewer, source, role: str, data, meta: dict, grid: dict, show: dict[str, bool]):
     """A result layer in its role's style (gray image, fading colour overlay, red mask), placed
     on ``grid`` at creation: a layer added off-grid would move the viewer's slice."""
-    output = BY_ROLE[role]
-    name = f"{source.name} {output.label}"
-    common = {"metadata": meta, "units": source.units, "axis_labels": source.axis_labels, "name": name, **grid}
-    visible = show.get(role, output.shown)
-    if output.layer == "labels":
-        return viewer.add_labels(data, opacity=0.4, colormap=mask_colormap(), visible=visible, **common)
-    if output.colour is None:
-        return viewer.add_image(data, colormap="gray", **common)
-    return viewer.add_image(data, colormap=uncertainty_colormap(output.label, output.colour), blending="translucent",
-                            opacity=0.8, visible=visible, **common)
+    kind, style = result_style(role, source.name, show)
+    add = viewer.add_labels if kind == "labels" else viewer.add_image
+    return add(data, metadata=meta, units=source.units, axis_labels=source.axis_labels, **style, **grid)

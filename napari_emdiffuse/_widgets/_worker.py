@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 class WidgetJob:
     """A restore request (``restore_session.RestoreRequest``) and, for a streamed run, the
     OME-Zarr store it writes (``scratch``: the widget chose it, so an older run there with other
-    settings is replaced)."""
+    settings is replaced) and the source layer's ``calibration`` (scale, units, translate), which
+    the store records."""
 
     request: Any
     output: str = ""
     scratch: bool = False
+    calibration: Any = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _produce(image, job: WidgetJob, cancel: threading.Event, put: Callable[[Upda
         model = session.model
         put(ModelReady(model.name, model.task, model.aleatoric, model.uncertainty.get("threshold")))
         if job.output:
-            session.stream(image, job.output, replace_other_runs=job.scratch,
+            session.stream(image, job.output, replace_other_runs=job.scratch, calibration=job.calibration,
                            on_chunk=lambda chunk: put(ChunkWritten(chunk.region)))
         else:
             for unit, result in session.units(image):

@@ -17,7 +17,7 @@ from ._environment import Environment, probe
 from ._isotropic_layers import IsotropicLayers, StreamedIsotropicLayers
 from ._model_picker import ModelPicker
 from ._result_store import bind_store, store_field, stream_status
-from ._results import image_choices, source_array
+from ._results import image_choices, layer_calibration, source_array
 from ._run_panel import RunPanel
 from ._state import IsotropicSettings, RunState, bind
 from ._threading import start_worker, wait_while
@@ -102,7 +102,8 @@ class IsotropicWidget(Container):
                                   device=s.device, seed=s.seed)
         request = RestoreRequest(TASK, s.model, options, {"z_factor": s.z_factor or None})
         if is_lazy(source_array(layer)):
-            job = WidgetJob(request, output=s.store or str(scratch_store(layer.name, TASK)), scratch=not s.store)
+            job = WidgetJob(request, output=s.store or str(scratch_store(layer.name, TASK)), scratch=not s.store,
+                            calibration=layer_calibration(layer))
             self._output = StreamedIsotropicLayers(self.viewer, layer)
         else:
             job = WidgetJob(request)

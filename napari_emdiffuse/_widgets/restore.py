@@ -16,7 +16,7 @@ from ._controls import default_spin, heading
 from ._environment import Environment, probe
 from ._model_picker import ModelPicker
 from ._result_store import bind_store, store_field, stream_status
-from ._results import ResultLayers, find_results, image_choices, layer_uid, source_array
+from ._results import ResultLayers, find_results, image_choices, layer_calibration, layer_uid, source_array
 from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, SCOPES, RestoreSettings, RunState, UncertaintyView, bind, task_choices
 from ._streamed import StreamedLayers
@@ -130,7 +130,7 @@ class RestoreWidget(Container):
             # The store's own mask uses the card's threshold, so a re-run resumes whatever the
             # slider says; the mask layer follows the slider (computed from the std as it is read).
             job = WidgetJob(RestoreRequest(s.task, s.model, options), output=s.store or str(scratch_store(layer.name, s.task)),
-                            scratch=not s.store)
+                            scratch=not s.store, calibration=layer_calibration(layer))
             self._results = StreamedLayers(self.viewer, layer, lambda: self.view.threshold, show, alive=alive)
         else:
             slices = self._slices(layer)

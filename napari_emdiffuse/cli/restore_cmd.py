@@ -8,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..io import read_image, read_voxel_size
+from ..io import read_calibration, read_image
 from ..results import output_paths
 from ..requests import ESTIMATES, RestoreRequest, SamplingOptions
 from ..restore_session import RestoreSession, check_paths
@@ -106,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     out_shape = "x".join(map(str, result.mean.shape))
     resized = f" -> {out_shape}" if out_shape != shape else ""
     if geometry.z_factor > 1:
-        voxel = geometry.output_voxel_size(read_voxel_size(source))
-        spacing = f"z spacing {voxel[0]:g}" if voxel else f"no voxel size in the input; z spacing 1/{geometry.z_factor}"
+        calibration = read_calibration(source)
+        spacing = (f"z spacing {geometry.output_calibration(calibration, 3).spacing_text(0)}" if calibration
+                   else f"no voxel size in the input; z spacing 1/{geometry.z_factor}")
         resized += f" (z-factor {geometry.z_factor}, {spacing})"
     unreliable = (f"{unreliable_fraction(result.mask):.1%} unreliable pixels" if result.mask is not None
                   else "no reliability mask")

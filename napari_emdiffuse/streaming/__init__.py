@@ -12,8 +12,9 @@ process or worker ran them, or whether the run was interrupted and resumed. Z ne
 slightly (docs/scaling.md gives the measured size).
 
 Every output field is an OME-Zarr image next to the others (OUTPUT, OUTPUT_std, ...: the names
-the CLI uses), chunked exactly like the lattice, so a chunk is one stored object per output,
-written whole (:mod:`.store`). The mean store also holds ``emdiffuse_done``: one element (and one
+the CLI uses; the mask a labels image), chunked exactly like the lattice, so a chunk is one
+stored object per output, written whole (:mod:`.store`); pyramid levels are added once every
+chunk is done. The mean store also holds ``emdiffuse_done``: one element (and one
 stored object) per chunk, set to 1 after the chunk's outputs are all written. A run skips chunks
 marked done and redoes the others, so a killed run resumes where it stopped and a chunk is never
 taken as finished when half-written. The settings that determine the result are recorded in the
@@ -25,9 +26,9 @@ from .chunks import (DEFAULT_CHUNK, ChunkDone, StreamJob, default_halo, open_sou
                      volume_normalizer, weights_fingerprint)
 from .lattice import ChunkGrid
 from .run import StreamReport, stream_restore
-from .store import finished_chunks, ome_metadata, open_result, read_ome_scale, result_layer_data, streamed_fields
+from .store import add_pyramids, finished_chunks, open_result, result_layer_data, streamed_fields
 
 __all__ = ["ChunkGrid", "StreamJob", "ChunkDone", "StreamReport", "plan_stream", "restore_chunk", "stream_restore",
-           "finished_chunks", "open_result", "result_layer_data", "output_paths", "default_halo", "read_ome_scale",
-           "streamed_fields", "ome_metadata", "open_source", "volume_normalizer", "weights_fingerprint",
+           "finished_chunks", "open_result", "result_layer_data", "output_paths", "default_halo", "add_pyramids",
+           "streamed_fields", "open_source", "volume_normalizer", "weights_fingerprint",
            "DEFAULT_CHUNK"]

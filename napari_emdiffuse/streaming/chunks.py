@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import zarr
 
+from ..calibration import Calibration
 from ..engine import Settings, fit_normalizer, run
 from ..io import check_image, image_format, read_image
 from ..loading import load_model
@@ -31,7 +32,7 @@ from ..results import RestoreResult, acquired_value, output_dtype, output_paths
 from ..tasks import get_task
 from ..tasks.base import Task
 from .lattice import ChunkGrid
-from .store import DONE, input_voxel_size, prepare_outputs
+from .store import DONE, input_calibration, prepare_outputs
 
 DEFAULT_CHUNK = (1, 2048, 2048)
 NORMALIZER_PIXELS = 4_000_000  # pixels read to fit the volume's normaliser, at most
@@ -160,13 +161,17 @@ def check_chunk(chunk, shape3) -> tuple[int, int, int]:
 def plan_stream(image, output, model: RestorationModel | str, *, task: str | None = None,
                 options: SamplingOptions | None = None, scale: int | None = None, z_factor: int | None = None,
                 chunk=None, halo: int | None = None, threshold: float | None = None, normalizer=None,
-                voxel_size=None, overwrite: bool = False, replace_other_runs: bool = False,
+                voxel_size=None, calibration: Calibration | None = None, overwrite: bool = False,
+                replace_other_runs: bool = False,
                 **sampling) -> tuple[StreamJob, object, RestorationModel]:
     """Check the input, fit the volume's normaliser, and create OUTPUT and its siblings (or,
     when they hold an unfinished run with the same settings, keep them to resume).
     ``replace_other_runs``: an emdiffuse run with other settings at OUTPUT is replaced instead of
     refused (for scratch stores the napari widget owns); anything else there is still refused.
-    Sampling options come as keyword arguments (samples, steps, seed, ...) or ``options``.
+    Sampling options come as keyword arguments (samples, steps, seed, ...) or ``options``. The
+    outputs' voxel size, units and origin follow from the input's ``calibration`` (e.g. a napari
+    layer's scale, units and translate), else a unit-less ``voxel_size``, else an input path's
+    metadata.
 
     Returns ``(job, array, model)``: the job, the input array and the loaded model.
     """
@@ -201,10 +206,9 @@ def plan_stream(image, output, model: RestorationModel | str, *, task: str | Non
                 "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"},
                 "threshold": threshold, "fields": list(fields)}
     manifest = json.loads(json.dumps(manifest))  # what the store will hand back: lists, floats
-    units = None
-    if voxel_size is None:
-        voxel_size, units = input_voxel_size(image)
-    prepare_outputs(job.output, fields, grid, array.ndim, job.dtype, manifest, voxel_size, units, overwrite,
+    if calibration is None:
+        calibration = Calibration.of(voxel_size) if voxel_size is not None else input_calibration(image)
+    prepare_outputs(job.output, fields, grid, array.ndim, job.dtype, manifest, calibration, overwrite,
                     replace_other_runs)
     return job, array, model
 

@@ -10,7 +10,7 @@ from typing import Callable
 from ..requests import SamplingOptions
 from ..tiling import Cancelled
 from .chunks import ChunkDone, plan_stream, restore_chunk
-from .store import finished_chunks
+from .store import add_pyramids, finished_chunks
 
 
 @dataclass
@@ -42,7 +42,8 @@ def stream_restore(image, output, model, *, task: str | None = None, cluster=Non
     within one, locally) with :class:`~napari_emdiffuse.tiling.Cancelled`. ``order`` is "lattice"
     or "reverse" (the result does not depend on it). Sampling options (samples, steps, seed, ...)
     come as keyword arguments or ``options``, as do :func:`plan_stream`'s (chunk, halo,
-    threshold, normalizer, voxel_size, overwrite, replace_other_runs).
+    threshold, normalizer, calibration, voxel_size, overwrite, replace_other_runs). Once every
+    chunk is done, each output gets its pyramid levels.
     """
     t0 = time.perf_counter()
     job, array, loaded = plan_stream(image, output, model, task=task, options=options, scale=scale,
@@ -73,6 +74,7 @@ def stream_restore(image, output, model, *, task: str | None = None, cluster=Non
             if cancel is not None and cancel():
                 raise Cancelled()
             record(restore_chunk(job, index, loaded, array, cancel=cancel))
+    add_pyramids(job.output, job.fields)
     return StreamReport(Path(job.output), job.grid.out_shape[-len(array.shape):], total, len(todo),
                         total - len(todo), time.perf_counter() - t0, job.fields,
                         {"workers": workers, "chunk": job.grid.chunk, "halo": job.grid.halo,

@@ -1,7 +1,9 @@
-"""The OME-Zarr result store of a streamed run: its layout (OUTPUT and its siblings, one per
-output field of :data:`~napari_emdiffuse.results.OUTPUTS`, one stored object per chunk), the
-manifest that decides whether a run may resume, the done markers, and the lazy readers a viewer
-uses. :mod:`.chunks` fills it."""
+"""The OME-Zarr result store of a streamed run: its layout (OUTPUT and its siblings, one
+OME-Zarr image per output field of :data:`~napari_emdiffuse.results.OUTPUTS`, the mask a labels
+image, one stored object per chunk, pyramid levels once finished), the manifest that decides
+whether a run may resume, the done markers, and the lazy readers a viewer uses. :mod:`.chunks`
+fills it. A result written in one go (``io.write_image``) has the same layout without the
+manifest and the done markers."""
 from __future__ import annotations
 
 import os
@@ -10,61 +12,30 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..calibration import Calibration
 from ..files import atomic_directory
-from ..io import image_format, read_voxel_size
-from ..results import BY_FIELD, output_dtype, output_paths
+from ..io import ABOUT, read_calibration
+from ..ome_zarr import add_levels, create_image
+from ..results import BY_FIELD, describe_file, output_dtype, output_paths
 from .lattice import ChunkGrid
 
 DONE = "emdiffuse_done"
 MANIFEST = "emdiffuse_stream"
 
 
-def input_voxel_size(image):
-    """The input's voxel size (z, y, x order) and the axes' units (or None) from OME-Zarr
-    metadata, a ``voxel_size`` attribute or TIFF tags (micrometres); None when unknown or the
-    input is an array without a path."""
-    if not isinstance(image, (str, os.PathLike)):
-        return None, None
-    if image_format(image) == "zarr":
-        scale, units = read_ome_scale(image, with_units=True)
-        return (scale, units) if scale is not None else (read_voxel_size(image), None)
-    size = read_voxel_size(image)
-    return size, None if size is None else ["micrometer"] * len(size)  # ImageJ's unit, as io writes it
+def input_calibration(image) -> Calibration | None:
+    """The calibration an input path's metadata states (OME-Zarr, a zarr ``voxel_size``
+    attribute, ImageJ or OME-TIFF metadata), or None (an array without a path, or no metadata)."""
+    return read_calibration(image) if isinstance(image, (str, os.PathLike)) else None
 
 
-def read_ome_scale(path, with_units: bool = False):
-    """The first dataset's scale from OME-Zarr (NGFF 0.4 or 0.5) multiscales metadata, or None;
-    with ``with_units``, also the axes' units (None where the metadata has none)."""
-    attrs = dict(zarr.open(str(path), mode="r").attrs)
-    multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
-    scale, units = None, None
-    try:
-        for transform in multiscales[0]["datasets"][0]["coordinateTransformations"]:
-            if transform.get("type") == "scale":
-                scale = tuple(float(v) for v in transform["scale"])
-        units = [axis.get("unit") for axis in multiscales[0]["axes"]]
-    except (TypeError, KeyError, IndexError, AttributeError):
-        pass
-    return (scale, units) if with_units else scale
-
-
-def ome_metadata(ndim: int, voxel_size, name: str, units=None) -> dict:
-    """NGFF 0.5 ``ome`` attributes for a single-level image (spatial axes, voxel size as scale)."""
-    units = list(units)[-ndim:] if units is not None and len(units) >= ndim else [None] * ndim
-    axes = [{"name": a, "type": "space", **({"unit": u} if u else {})} for a, u in zip("zyx"[-ndim:], units)]
-    scale = [1.0] * ndim if voxel_size is None else [float(v) for v in tuple(voxel_size)[-ndim:]]
-    return {"version": "0.5", "multiscales": [{
-        "name": name, "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]}
-
-
-def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, voxel_size, units, name: str):
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    shape, chunks = grid.out_shape[-ndim:], grid.out_chunks[-ndim:]
-    group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    group.attrs.update({"ome": ome_metadata(ndim, voxel_size, name, units),
-                        **({"voxel_size": list(voxel_size)} if voxel_size is not None else {})})
-    return group
+def _create_image(path: Path, grid: ChunkGrid, ndim: int, dtype, calibration: Calibration, field_name: str,
+                  mean_path: Path, task: str):
+    """One field's OME-Zarr image, chunked like the lattice, saying what it holds."""
+    described = describe_file(field_name, mean_path, task)
+    name = mean_path.stem if field_name == "mean" else f"{mean_path.stem} {field_name}"
+    return create_image(path, grid.out_shape[-ndim:], dtype, grid.out_chunks[-ndim:], calibration, name,
+                        label=described.get("label"), attributes={ABOUT: described["about"]})
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -74,10 +45,11 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-def prepare_outputs(output, fields, grid: ChunkGrid, ndim: int, dtype: str, manifest: dict, voxel_size, units,
-                    overwrite: bool, replace_other_runs: bool = False) -> None:
+def prepare_outputs(output, fields, grid: ChunkGrid, ndim: int, dtype: str, manifest: dict,
+                    calibration: Calibration | None, overwrite: bool, replace_other_runs: bool = False) -> None:
     """Create OUTPUT and its siblings for ``fields`` (or, when they hold an unfinished run with
-    the same manifest, keep them to resume). ``replace_other_runs``: an emdiffuse run with other
+    the same manifest, keep them to resume), calibrated from the input's ``calibration`` (None:
+    pixels) by the task's geometry. ``replace_other_runs``: an emdiffuse run with other
     settings at OUTPUT is replaced instead of refused; anything else there is always refused."""
     paths = output_paths(output, fields)
     mean_path = paths["mean"]
@@ -96,13 +68,14 @@ def prepare_outputs(output, fields, grid: ChunkGrid, ndim: int, dtype: str, mani
         if missing:
             raise ValueError(f"{', '.join(missing)} missing from an unfinished run — delete {mean_path} to start again")
         return
-    out_voxel = grid.geometry.output_voxel_size(None if voxel_size is None else tuple(voxel_size)[-ndim:])
+    out = grid.geometry.output_calibration(calibration, ndim)
+    task = manifest["task"]
     for name, path in paths.items():
         if name != "mean":
-            _create_image(path, grid, ndim, output_dtype(name, dtype), out_voxel, units, f"{mean_path.stem} {name}")
+            _create_image(path, grid, ndim, output_dtype(name, dtype), out, name, mean_path, task)
 
     def create_mean(tmp: Path) -> None:  # appears complete, manifest and done markers included, or not at all
-        group = _create_image(tmp, grid, ndim, output_dtype("mean", dtype), out_voxel, units, mean_path.stem)
+        group = _create_image(tmp, grid, ndim, output_dtype("mean", dtype), out, "mean", mean_path, task)
         group.create_array(DONE, shape=grid.grid_shape, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
         group.attrs[MANIFEST] = manifest
 
@@ -112,6 +85,13 @@ def prepare_outputs(output, fields, grid: ChunkGrid, ndim: int, dtype: str, mani
 def finished_chunks(output) -> np.ndarray:
     """The done markers of a streamed OUTPUT: a uint8 array over the chunk lattice, 1 = finished."""
     return zarr.open_array(str(output), path=DONE, mode="r")[...]
+
+
+def add_pyramids(output, fields) -> None:
+    """Pyramid levels for OUTPUT and its siblings, once every chunk is done (viewers open a large
+    result at a coarse level first); levels already there are kept."""
+    for path in output_paths(output, fields).values():
+        add_levels(path)
 
 
 def open_result(output, field_name: str = "mean"):
@@ -131,17 +111,20 @@ def streamed_fields(output) -> tuple[str, ...]:
 def result_layer_data(output, field_name: str = "mean") -> tuple:
     """A napari layer-data tuple ``(data, metadata, kind)`` for a streamed result that shows
     finished chunks as they arrive: ``data`` is the lazy zarr array (unfinished chunks read 0),
-    contrast limits come from the run's normaliser (not from the still empty data), ``scale``
-    from the voxel size. Add it with ``viewer.add_image(data, **metadata)`` (``add_labels`` for
-    the mask) and call ``layer.refresh()`` from ``on_chunk`` in the GUI thread."""
+    contrast limits come from the run's normaliser (not from the still empty data), ``scale``,
+    ``translate`` and ``units`` from the store's calibration. Add it with
+    ``viewer.add_image(data, **metadata)`` (``add_labels`` for the mask) and call
+    ``layer.refresh()`` from ``on_chunk`` in the GUI thread."""
     path = output_paths(output, (field_name,))[field_name]
     manifest = _read_manifest(Path(output)) or {}
     lo, hi = manifest.get("normalizer", (None, None))
     data = open_result(output, field_name)
     meta = {"name": f"{Path(output).stem} {field_name}" if field_name != "mean" else Path(output).stem}
-    scale = read_ome_scale(path)
-    if scale is not None:
-        meta["scale"] = scale
+    calibration = read_calibration(path)
+    if calibration is not None:
+        meta.update(scale=calibration.voxel_size, translate=calibration.translation)
+        if calibration.has_units:
+            meta["units"] = tuple(u or "pixel" for u in calibration.units)
     if lo is not None and field_name == "mean":
         meta["contrast_limits"] = (lo, hi)
     elif lo is not None and BY_FIELD[field_name].colour is not None:  # an uncertainty overlay

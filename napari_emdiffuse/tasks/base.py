@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..calibration import Calibration
 from ..results import FIELDS, RestoreResult
 
 ENSEMBLE_STREAM = 2 ** 20  # noise streams of ensemble views start here, apart from the samples'
@@ -38,6 +39,17 @@ class Geometry:
         if voxel_size is None or len(voxel_size) not in (2, 3):
             return None
         return tuple(float(v) * f for v, f in zip(voxel_size, self.voxel_scale(len(voxel_size))))
+
+    def output_calibration(self, calibration: Calibration | None, ndim: int) -> Calibration:
+        """The output's calibration from the input's (None: unit-less pixels): voxel sizes
+        scaled, units kept; the first output pixel's centre moves by half the change of the
+        pixel size in Y and X (its box starts where the input's does), not in Z (the first
+        output slice is the first acquired one)."""
+        calibration = (calibration or Calibration.pixels(ndim)).fit(ndim)
+        voxel = self.output_voxel_size(calibration.voxel_size)
+        shift = [0.0 if axis == ndim - 3 else (out - v) / 2
+                 for axis, (out, v) in enumerate(zip(voxel, calibration.voxel_size))]
+        return calibration.with_(voxel_size=voxel, translation=[t + d for t, d in zip(calibration.translation, shift)])
 
 
 @dataclass
