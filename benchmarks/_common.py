@@ -173,7 +173,7 @@ def grid_settings(settings, sigmas: torch.Tensor):
 
 def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str = "channels_last"):
     """``settings.samples`` restorations of ``noisy`` (image units, float64, (S, H, W)) through the
-    same sampler, tiling and seeded noise as :func:`napari_emdiffuse.restore.restore`, the seconds
+    same sampler, tiling and seeded noise as :func:`napari_emdiffuse.restore`, the seconds
     taken, and the posterior-mean estimate (the denoiser at the noisiest level, averaged over the
     samples' starts: restore's ``estimate="posterior_mean"``)."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format

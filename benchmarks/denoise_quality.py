@@ -34,7 +34,7 @@ from scipy.ndimage import gaussian_filter
 
 from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.loading import load_model
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.uncertainty import predicted_error, relative_error, residual_correlation, validation_check
 

@@ -23,7 +23,7 @@ import torch
 from napari_emdiffuse import evaluation, sample_data
 from napari_emdiffuse.interchange.bioimageio_export import build_network, plan_export
 from napari_emdiffuse.loading import load_model
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.tasks.isotropic import linear_interpolation
 from napari_emdiffuse.tasks.superres import bicubic_baseline, bin_mean
 

@@ -14,7 +14,7 @@ import torch
 
 from _common import header, load_demo, load_note, precision_note
 from napari_emdiffuse.engine import Settings
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.tiling import TileGrid
 

@@ -26,7 +26,7 @@ import torch
 from _common import (count_flops, device_peak, draw_samples, forward_seconds, grid_settings, header, held_out,
                      load_demo, load_note, precision_note, psnr, quality, recipe_samples, recipe_sigmas, span, ssim)
 from napari_emdiffuse.engine import Settings
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 
 
 def main() -> None:

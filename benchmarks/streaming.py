@@ -178,7 +178,7 @@ def workers(args) -> None:
 def seams(args) -> None:
     from _common import load_demo
 
-    from napari_emdiffuse.restore import restore
+    from napari_emdiffuse.api import restore
     from napari_emdiffuse.sample_data import load_pair
     from napari_emdiffuse.streaming import open_result, stream_restore
 

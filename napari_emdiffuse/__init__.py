@@ -7,16 +7,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "restore", "__version__"]
+__all__ = ["load_model", "restore", "restore_slices", "SamplingOptions", "__version__"]
+_LAZY = {"load_model": "loading", "restore": "api", "restore_slices": "api", "SamplingOptions": "requests"}
 
 
 def __getattr__(name):  # lazy: importing the package (as napari does at start-up) stays cheap
-    if name == "load_model":
-        from .loading import load_model
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
 
-        return load_model
-    if name == "restore":
-        from .restore import restore
-
-        return restore
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

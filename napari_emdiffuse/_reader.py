@@ -15,7 +15,7 @@ from .io import ImageError, image_format, image_shape, read_about, read_calibrat
 from .ome_zarr import read_multiscale
 from .results import BY_FIELD, FIELDS, output_of, output_paths
 from ._widgets._results import KEY
-from ._widgets._styles import isotropic_std_limits, isotropic_style, result_style, std_limits
+from ._widgets._styles import ISOTROPIC_ROLES, isotropic_std_limits, isotropic_style, result_style, std_limits
 
 
 def _one_path(path) -> Path | None:
@@ -88,16 +88,16 @@ def _image_layer(path: Path) -> tuple:
 
 
 def _result_layer(path: Path, field_name: str, output: Path, task: str | None) -> tuple:
-    """One field's layer, as the Restore widget (or, for an isotropic volume and its std, the
-    Isotropic widget) shows it; uncertainty contrast from the coarsest level."""
+    """One field's layer, as the Restore widget (or, for an isotropic volume and its uncertainty,
+    the Isotropic widget) shows it; uncertainty contrast from the coarsest level."""
     levels, calibration, _ = _levels(path)
     role = BY_FIELD[field_name].role
     source_name = output.name[: -len("".join(output.suffixes))] if output.suffixes else output.name
     coarsest = np.asarray(levels[-1][...])
-    if task == "isotropic" and field_name in ("mean", "std"):
-        role = "isotropic" if field_name == "mean" else "isotropic_std"
+    if task == "isotropic" and field_name in ISOTROPIC_ROLES:
+        role = ISOTROPIC_ROLES[field_name]
         kind, style = "image", isotropic_style(role, source_name)
-        if field_name == "std":
+        if field_name != "mean":
             style["contrast_limits"] = isotropic_std_limits(coarsest)
     else:
         kind, style = result_style(role, source_name)

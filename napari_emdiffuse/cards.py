@@ -165,8 +165,35 @@ class Isotropic(_Section):
     slice_index: Optional[str] = None
 
 
+class PredictedError(_Section):
+    """How the predicted-error map is made (uncertainty.predicted_error): a weight per source
+    (the aleatoric std, the spread of the samples), a smoothing scale, and a calibration to fall
+    back on when a weighed source is missing (one sample has no spread)."""
+
+    weights: dict[Literal["aleatoric", "spread"], Annotated[float, Field(ge=0)]]
+    smoothing_px: Annotated[float, Field(ge=0)] = None
+    calibrated: Optional[bool] = None
+    fallback: Optional["PredictedError"] = None
+
+
+class Validated(_Section):
+    """What inputs the model was validated on (uncertainty.validation_check)."""
+
+    limit: Optional[PositiveFloat] = None  # the RMS predicted error ([-1, 1] units) beyond which an input is unvalidated
+    relative_error: Optional[dict[str, float]] = None
+    residual_correlation: Optional[list[float]] = None
+    tolerance: Optional[PositiveFloat] = None
+
+
 class Uncertainty(_Section):
     threshold: Annotated[float, Field(ge=0)] = None
+    predicted_error: Optional[PredictedError] = None
+    mask_from: Optional[Literal["predicted_error", "std", "aleatoric"]] = None
+    validated: Optional[Validated] = None
+    # records: how the threshold and the map were calibrated and judged
+    mask_target: Optional[str] = None
+    validation: Optional[dict[str, Any]] = None
+    test: Optional[dict[str, Any]] = None
     calibration_scale: Optional[PositiveFloat] = None
     quantity: Optional[str] = None
     calibrated_on: Optional[str] = None

@@ -30,12 +30,15 @@ def sibling_path(path: str | os.PathLike, tag: str) -> Path:
 class RestoreResult:
     """``mean`` has the input's dtype (the output's shape); ``std`` / ``aleatoric`` are float32
     standard deviations in input intensity units (None when unavailable); ``mask`` is 1 where the
-    uncertainty exceeds the threshold; ``info`` says how it was made."""
+    uncertainty exceeds the threshold; ``uncertainty`` is the predicted RMS error per pixel in
+    intensity units (float32; :func:`~napari_emdiffuse.uncertainty.predicted_error`); ``info``
+    says how it was made."""
 
     mean: np.ndarray
     std: np.ndarray | None = None
     aleatoric: np.ndarray | None = None
     mask: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
     info: dict = field(default_factory=dict)
 
     def fields(self) -> tuple[str, ...]:
@@ -62,12 +65,14 @@ class Output:
 OUTPUTS: tuple[Output, ...] = (
     Output("mean", None, None, "restored", "image", "restored", None, True, "input",
            "the restored image, in the input's data type"),
-    Output("std", "std", "float32", "std", "image", "uncertainty (std)", (1.0, 0.8, 0.0), True, "zero",
+    Output("std", "std", "float32", "std", "image", "uncertainty (std)", (1.0, 0.8, 0.0), False, "zero",
            "per-pixel standard deviation over the diffusion samples (2 or more samples)"),
     Output("aleatoric", "aleatoric", "float32", "aleatoric", "image", "aleatoric (std)", (0.0, 0.8, 1.0), False,
            "zero", "per-pixel standard deviation from the model's aleatoric head"),
     Output("mask", "mask", "uint8", "mask", "labels", "unreliable", None, True, "zero",
            "1 where the uncertainty is above the model card's calibrated threshold"),
+    Output("uncertainty", "uncertainty", "float32", "uncertainty", "image", "predicted error", (1.0, 0.35, 0.0),
+           True, "zero", "predicted RMS error per pixel in the output's intensity units, calibrated on validation data"),
 )
 BY_FIELD = {o.field: o for o in OUTPUTS}
 BY_ROLE = {o.role: o for o in OUTPUTS}

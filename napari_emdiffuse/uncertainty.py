@@ -76,6 +76,22 @@ def calibration_for(card_uncertainty: dict | None) -> dict:
     return dict((card_uncertainty or {}).get("predicted_error") or UNCALIBRATED)
 
 
+def _applicable(calibration: dict | None, available: set[str]) -> dict | None:
+    """The first of a calibration and its fallbacks whose sources are all available."""
+    while calibration is not None:
+        weights = calibration["weights"]
+        if weights and all(name in available for name in weights):
+            return calibration
+        calibration = calibration.get("fallback")
+    return None
+
+
+def has_predicted_error(card_uncertainty: dict | None, spread: bool, aleatoric: bool) -> bool:
+    """Whether :func:`predicted_error` gives a map when these sources exist."""
+    available = {name for name, there in (("spread", spread), ("aleatoric", aleatoric)) if there}
+    return _applicable(calibration_for(card_uncertainty), available) is not None
+
+
 def predicted_error(std, aleatoric, calibration: dict | None = None) -> np.ndarray | None:
     """The predicted RMS error per pixel, in the output's intensity units (float32, the shape of
     ``std`` / ``aleatoric``; stacks plane by plane).
@@ -87,15 +103,22 @@ def predicted_error(std, aleatoric, calibration: dict | None = None) -> np.ndarr
     a Gaussian of ``smoothing_px``) and optionally a ``fallback`` calibration used when a source
     it weighs is missing. None when neither calibration can be applied.
     """
-    calibration = UNCALIBRATED if calibration is None else calibration
     sources = {"aleatoric": aleatoric, "spread": std}
-    while calibration is not None:
-        weights = calibration["weights"]
-        if weights and all(sources.get(name) is not None for name in weights):
-            var = sum((float(w) * np.asarray(sources[name], dtype=np.float64)) ** 2 for name, w in weights.items())
-            return np.sqrt(gaussian_smooth(var, float(calibration.get("smoothing_px", 0.0)))).astype(np.float32)
-        calibration = calibration.get("fallback")
-    return None
+    calibration = _applicable(UNCALIBRATED if calibration is None else calibration,
+                              {name for name, value in sources.items() if value is not None})
+    if calibration is None:
+        return None
+    var = sum((float(w) * np.asarray(sources[name], dtype=np.float64)) ** 2 for name, w in calibration["weights"].items())
+    return np.sqrt(gaussian_smooth(var, float(calibration.get("smoothing_px", 0.0)))).astype(np.float32)
+
+
+def mask_field(card_uncertainty: dict | None, spread: bool) -> str:
+    """The result field the reliability threshold applies to: the predicted error (``uncertainty``)
+    where the card's threshold was fitted on it (``mask_from: predicted_error``), else the sample
+    spread (``std``) or the aleatoric std (cards calibrated before the predicted error existed)."""
+    if (card_uncertainty or {}).get("mask_from") == "predicted_error":
+        return "uncertainty"
+    return "std" if spread else "aleatoric"
 
 
 # ---- inputs beyond what the model was validated on -------------------------------------------------

@@ -94,7 +94,7 @@ def test_isotropic_tiff_shape_voxel_size_passthrough_and_std(tmp_path, capsys, i
 
 def test_isotropic_estimate_and_ensemble_reach_the_core(tmp_path, capsys, iso_run):
     from napari_emdiffuse.loading import load_model
-    from napari_emdiffuse.restore import restore as reconstruct
+    from napari_emdiffuse.api import restore as reconstruct
 
     vol = anisotropic_volume()[:2, :32, :40]
     source = tmp_path / "aniso.tif"

@@ -24,7 +24,7 @@ from napari_emdiffuse.interchange import bioimageio_export as bmz
 from napari_emdiffuse.interchange.posterior_mean import PosteriorMeanNetwork
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.noise import positional_noise
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_fibsem, load_pair, load_sstem
 from napari_emdiffuse.tasks.superres import bin_mean
 

@@ -15,14 +15,14 @@ import zarr
 from conftest import TINY_CARD, validated_ome_zarr, write_tiny_run
 from napari_emdiffuse import ome_zarr
 from napari_emdiffuse.loading import load_model
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.calibration import Calibration
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.io import read_about, read_calibration, read_image, write_image
 from napari_emdiffuse.results import MASK_RGBA, output_paths
 from napari_emdiffuse.sample_data import SSTEM, load_fibsem, load_sstem
 
-FIELDS = ("mean", "std", "aleatoric", "mask")  # what the tiny aleatoric denoiser writes with 2 samples
+FIELDS = ("mean", "std", "aleatoric", "mask", "uncertainty")  # what the tiny aleatoric denoiser writes with 2 samples
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_superres_and_isotropic_stores_validate_with_scaled_voxels(tmp_path, cap
                            "--steps", 1, "--device", "cpu", *chunking)
     assert code == 0, err
     # 2 nm pixels; the first one's centre half an output pixel inside the input pixel's box
-    check_result_stores(tmp_path / "sr.zarr", ("mean", "std", "aleatoric", "mask"), (2.0, 2.0), "nanometer",
+    check_result_stores(tmp_path / "sr.zarr", FIELDS, (2.0, 2.0), "nanometer",
                         (-1.0, -1.0), task="superres")
     assert read_image(tmp_path / "sr.zarr").shape == (64, 96)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.model import RestorationModel, model_from_card
-from napari_emdiffuse.restore import restore, restore_slices
+from napari_emdiffuse.api import restore, restore_slices
 from napari_emdiffuse.sample_data import load_fibsem, load_sstem
 from napari_emdiffuse.tasks import isotropic as iso
 from napari_emdiffuse.tiling import Cancelled

@@ -84,7 +84,7 @@ def test_napari_start_up_does_not_import_torch():
     code = ("import sys, importlib\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "import napari_emdiffuse\n"
-            "heavy = [m for m in ('torch', 'napari_emdiffuse.restore', 'napari_emdiffuse.loading') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'napari_emdiffuse.api', 'napari_emdiffuse.loading') if m in sys.modules]\n"
             "print(heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

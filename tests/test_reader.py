@@ -20,7 +20,7 @@ from napari_emdiffuse.io import write_image
 from napari_emdiffuse.sample_data import SSTEM, load_fibsem, load_sstem
 
 PLUGIN = "napari-emdiffuse"
-ROLES = ("restored", "std", "aleatoric", "mask")
+ROLES = ("restored", "std", "aleatoric", "mask", "uncertainty")
 
 
 def cli(*argv):
@@ -53,7 +53,7 @@ def test_cli_zarr_result_opens_with_overlays_and_mask_as_the_widget_shows_them(v
     layers = by_role(viewer.open(out, plugin=PLUGIN))
     assert set(layers) == set(ROLES)
     assert [layer.name for layer in viewer.layers] == ["den restored", "den uncertainty (std)", "den aleatoric (std)",
-                                                        "den unreliable"]
+                                                        "den unreliable", "den predicted error"]
     for role, layer in layers.items():
         assert layer.multiscale and [level.shape for level in layer.data] == [(2, 64, 96), (2, 32, 48)]
         assert tuple(layer.scale) == (50.0, 4.0, 4.0) and {str(u) for u in layer.units} == {"nanometer"}
@@ -99,14 +99,18 @@ def test_isotropic_result_opens_as_the_isotropic_widget_shows_it(viewer, tmp_pat
     cli("isotropic", source, "-o", tmp_path / "iso.zarr", "--model", iso_run, "--samples", 2, "--steps", 1,
         "--device", "cpu")
     opened = {layer.metadata[KEY]["role"]: layer for layer in viewer.open(tmp_path / "iso.zarr", plugin=PLUGIN)}
-    # the isotropic volume and its std as the Isotropic widget shows them; the rest as the Restore widget does
+    # the isotropic volume and its overlays as the Isotropic widget shows them; the rest as the Restore widget does
     assert [layer.name for layer in viewer.layers] == ["iso isotropic", "iso isotropic uncertainty (std)",
-                                                       "iso aleatoric (std)", "iso unreliable"]
-    assert set(opened) == {"isotropic", "isotropic_std", "aleatoric", "mask"}
+                                                       "iso aleatoric (std)", "iso unreliable",
+                                                       "iso isotropic predicted error"]
+    assert set(opened) == {"isotropic", "isotropic_std", "aleatoric", "mask", "isotropic_uncertainty"}
     source_layer = viewer.add_image(volume, name="iso", scale=(50, 10, 10), units="nm")
-    made = add_isotropic_layers(viewer, source_layer, 5, opened["isotropic"].data[...], opened["isotropic_std"].data[...])
+    made = add_isotropic_layers(viewer, source_layer, 5, {"mean": opened["isotropic"].data[...],
+                                                          "std": opened["isotropic_std"].data[...],
+                                                          "uncertainty": opened["isotropic_uncertainty"].data[...]})
     assert layer_look(opened["isotropic"]) == layer_look(made["isotropic"])
     assert layer_look(opened["isotropic_std"]) == layer_look(made["std"])
+    assert layer_look(opened["isotropic_uncertainty"]) == layer_look(made["uncertainty"])
     assert tuple(opened["isotropic"].scale) == (10.0, 10.0, 10.0)
 
 

@@ -14,13 +14,13 @@ import zarr
 
 from napari_emdiffuse.io import read_image, read_voxel_size
 from napari_emdiffuse.model import model_from_card
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.tasks import Geometry, get_task
 from napari_emdiffuse.streaming import (ChunkGrid, finished_chunks, open_result, plan_stream, restore_chunk,
                                         result_layer_data, stream_restore)
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = ("mean", "std", "aleatoric", "mask")
+FIELDS = ("mean", "std", "aleatoric", "mask", "uncertainty")
 
 
 def tiny_model(task="denoise", tile=16, overlap=4, sampler="ddpm", steps=2, **extra):
@@ -151,7 +151,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, tiny_model_dir):
     report = stream_restore(str(source), out, str(tiny_model_dir), **kwargs)
     assert report.skipped == killed_done and report.computed == 8 - killed_done
     reference = stream_restore(str(source), tmp_path / "ref.zarr", str(tiny_model_dir), **kwargs)
-    for name in ("mean", "std", "aleatoric", "mask"):
+    for name in FIELDS:
         np.testing.assert_array_equal(open_result(out, name)[...], open_result(reference.output, name)[...])
 
 
@@ -196,7 +196,7 @@ def test_ome_zarr_in_and_out_with_voxel_sizes_and_superres_scaling(tmp_path):
 
 
 def test_isotropic_volume_streams_gap_chunks_like_the_in_memory_reconstruction(tmp_path):
-    from napari_emdiffuse.restore import restore as reconstruct
+    from napari_emdiffuse.api import restore as reconstruct
 
     model = tiny_model("isotropic", isotropic={"z_factor": 2})
     image = volume((4, 72, 32))

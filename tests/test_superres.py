@@ -9,7 +9,7 @@ import torch
 from conftest import ConditionNet
 
 from napari_emdiffuse.model import RestorationModel, model_from_card
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_sstem
 from napari_emdiffuse.tasks import superres as sr
 from napari_emdiffuse.evaluation import psnr

@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_CARD
 from napari_emdiffuse.cli import main
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.tasks import get_task, register, task_names, unregister
 from napari_emdiffuse.tasks.base import Task

@@ -8,7 +8,7 @@ from conftest import ConditionNet
 
 from napari_emdiffuse.model import RestorationModel, model_from_card
 from napari_emdiffuse.noise import positional_noise
-from napari_emdiffuse.restore import Cancelled, restore, restore_slices
+from napari_emdiffuse.api import Cancelled, restore, restore_slices
 from napari_emdiffuse.tiling import TileGrid, tile_starts
 
 

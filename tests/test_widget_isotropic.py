@@ -63,7 +63,7 @@ def test_reconstructs_volume_layer_with_z_scale_and_uncertainty(dock, qtbot, not
 def test_ensemble_setting_reaches_the_reconstruction(dock, qtbot, notifications, tmp_path):
     from conftest import write_tiny_run
     from napari_emdiffuse.loading import load_model
-    from napari_emdiffuse.restore import restore as reconstruct
+    from napari_emdiffuse.api import restore as reconstruct
 
     viewer, widget = dock
     run = write_tiny_run(tmp_path / "posterior-run", name="tiny-isotropic", task="isotropic",

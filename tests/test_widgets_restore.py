@@ -15,7 +15,7 @@ import zarr
 from napari_emdiffuse._widgets._results import placement
 from napari_emdiffuse.sample_data import SSTEM_VOXEL_NM, load_fibsem, load_pair
 
-ROLES = ("restored", "std", "aleatoric", "mask")
+ROLES = ("restored", "std", "aleatoric", "mask", "uncertainty")
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_whole_stack_from_dask_then_rerun_replaces(dock, qtbot, tiny_model_dir, 
     again = results_of(viewer, source)
     assert len(viewer.layers) == count - 1 and "std" not in again  # replaced, not piled up
     assert again["restored"] is first["restored"] or again["restored"] == first["restored"]
-    assert set(again) == {"restored", "aleatoric", "mask"}
+    assert set(again) == {"restored", "aleatoric", "mask", "uncertainty"}
     assert not errors(notifications)
 
 
@@ -111,7 +111,7 @@ def test_zarr_backed_2d_image(dock, qtbot, tiny_model_dir, tmp_path):
 
 def test_estimate_and_ensemble_choices_reach_the_core(dock, qtbot, tiny_model_dir, notifications):
     from napari_emdiffuse import load_model
-    from napari_emdiffuse.restore import restore
+    from napari_emdiffuse.api import restore
 
     viewer, widget = dock
     image = load_pair()[0][:96, :96]
@@ -218,7 +218,8 @@ def test_streamed_store_records_the_layer_grid_validates_and_reopens_as_shown(do
     shown = results_of(viewer, source)
     opened = viewer.open(tmp_path / "restored.zarr", plugin="napari-emdiffuse")
     assert [layer.name for layer in opened] == ["restored restored", "restored uncertainty (std)",
-                                                "restored aleatoric (std)", "restored unreliable"]
+                                                "restored aleatoric (std)", "restored unreliable",
+                                                "restored predicted error"]
     for role, layer in zip(ROLES, opened):
         assert layer_look(layer) == layer_look(shown[role]), role
     np.testing.assert_array_equal(opened[0].data[...], shown["restored"].data[...])

@@ -22,7 +22,7 @@ import tifffile
 
 import _script
 from napari_emdiffuse.sample_data import load_fibsem
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.tasks import isotropic as iso
 from napari_emdiffuse.evaluation import SPLITS
 from napari_emdiffuse.training import pairs

@@ -20,7 +20,7 @@ import tifffile
 
 import _script
 from napari_emdiffuse.sample_data import load_sstem
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.tasks import superres as sr
 from napari_emdiffuse.evaluation import SPLITS
 from napari_emdiffuse.training import pairs

@@ -24,7 +24,7 @@ def warm_imports() -> None:
     it (the restore core; pandas, which napari's Labels layer uses for its features table)."""
     import pandas  # noqa: F401
 
-    from .. import restore  # noqa: F401
+    from .. import api  # noqa: F401
 
 
 def probe() -> Environment:

@@ -17,6 +17,7 @@ from ._styles import result_style, std_limits
 KEY = "emdiffuse"  # layer.metadata key: {"source": source uid, "role": ..., "span": ...}
 ROLES = tuple(o.role for o in OUTPUTS)
 IMAGE_ROLES = tuple(o.role for o in OUTPUTS if o.layer == "image")  # filled from the result; the mask is derived
+OVERLAY_ROLES = tuple(o.role for o in OUTPUTS if o.colour is not None)  # uncertainty maps over the image
 PLACE_PAUSE_MS = 15
 
 
@@ -123,7 +124,7 @@ class ResultLayers:
             if role in self.arrays:
                 self.arrays[role][index] = self._part(result, role)
         if "mask" in self.arrays:  # at the threshold shown now, which may have moved during the run
-            basis = result.std if result.std is not None else result.aleatoric
+            basis = getattr(result, self.meta["mask_basis"])
             self.arrays["mask"][index] = reliability_mask(basis, self.meta["span"], self.threshold())
         self.finished.append(z)
         if first:
@@ -141,8 +142,9 @@ class ResultLayers:
                 self.arrays[role] = self.arrays[role][:keep]
                 if role in self.layers:
                     self.layers[role].data = self.arrays[role]
-        if "std" in self.layers:
-            self.layers["std"].contrast_limits = std_limits(self.arrays["std"])
+        for role in OVERLAY_ROLES:
+            if role in self.layers:
+                self.layers[role].contrast_limits = std_limits(self.arrays[role])
 
     @staticmethod
     def _part(result, role: str):
@@ -154,10 +156,12 @@ class ResultLayers:
             part = self._part(result, role)
             if part is not None:
                 self.arrays[role] = np.zeros(lead + part.shape, dtype=part.dtype)
-        if "std" in self.arrays or "aleatoric" in self.arrays:
+        basis = result.info.get("mask_basis")
+        if basis is not None:
             self.arrays["mask"] = np.zeros(lead + result.mean.shape, dtype=np.uint8)
         lo, hi = result.info.get("normalizer", (0.0, 2.0))
-        self.meta = {"span": float(hi - lo), **{k: result.info.get(k) for k in ("model", "samples", "steps", "sampler")}}
+        self.meta = {"span": float(hi - lo), "mask_basis": basis,
+                     **{k: result.info.get(k) for k in ("model", "samples", "steps", "sampler")}}
 
     def _start_placing(self) -> None:
         self._previous = find_results(self.viewer.layers, self.source_uid)
@@ -181,7 +185,7 @@ class ResultLayers:
                                    self._grid, self.show)
         if role == "restored":
             layer.contrast_limits = self.source.contrast_limits
-        elif role == "std":
+        elif role in OVERLAY_ROLES:
             layer.contrast_limits = std_limits(data[: len(self.finished)] if self.stacked else data)
         self.layers[role] = layer
         self._pending.pop(0)

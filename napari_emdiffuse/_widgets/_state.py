@@ -70,13 +70,16 @@ class RunState:
 @dataclass
 class UncertaintyView:
     """How the uncertainty of the results is shown: threshold (in the model's [-1, 1] units),
-    overlay toggles and the unreliable fraction of what is in view (None: nothing to show)."""
+    overlay toggles, and in view the unreliable fraction and the predicted error's RMS in grey
+    levels (None: nothing to show)."""
 
     threshold: float = 0.1
-    show_std: bool = True
+    show_uncertainty: bool = True
+    show_std: bool = False
     show_aleatoric: bool = False
     show_mask: bool = True
     unreliable_fraction: float | None = None
+    predicted_error: float | None = None
 
 
 def bind(widget, state, name: str) -> None:

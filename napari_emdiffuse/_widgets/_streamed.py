@@ -27,7 +27,7 @@ class StoreLayers:
 
 class StreamedLayers(StoreLayers):
     """The same roles and styles as :class:`._results.ResultLayers`, with the data left on disk.
-    The mask is computed from the std as it is read, so the threshold slider applies at once."""
+    The mask is computed from its basis (the predicted error, or the std) as it is read, so the threshold slider applies at once."""
 
     def __init__(self, viewer, source, threshold: Callable[[], float], show: dict[str, bool] | None = None,
                  alive: Callable[[], bool] = lambda: True):
@@ -44,13 +44,14 @@ class StreamedLayers(StoreLayers):
 
     def open(self, output: str, model_meta: dict) -> None:
         """Show the store at ``output`` in the source's result layers (re-using an earlier run's)."""
-        from ..streaming import result_layer_data, streamed_fields  # lazily: streaming brings torch
+        from ..streaming import result_layer_data, streamed_fields, streamed_mask_basis  # lazily: brings torch
 
         views = {BY_FIELD[f].role: result_layer_data(output, f)[:2] for f in streamed_fields(output)}
         lo, hi = views["restored"][1]["contrast_limits"]
-        self.meta = {"span": float(hi - lo), "output": str(output), **model_meta}
+        self.meta = {"span": float(hi - lo), "output": str(output), "mask_basis": streamed_mask_basis(output),
+                     **model_meta}
         if "mask" in views:
-            basis = views.get("std", views.get("aleatoric"))[0]
+            basis = views[BY_FIELD[self.meta["mask_basis"]].role][0]
             views["mask"] = (lazy_reliability_mask(basis, self.meta["span"], self.threshold()), {})
         previous = find_results(self.viewer.layers, layer_uid(self.source))
         for role, old in previous.items():

@@ -8,7 +8,8 @@ from napari.utils.colormaps import Colormap, DirectLabelColormap
 
 from ..results import BY_ROLE, MASK_RGBA
 
-ISOTROPIC_ROLES = ("isotropic", "isotropic_std")
+# The Isotropic widget's roles by result field: the volume and its uncertainty overlays
+ISOTROPIC_ROLES = {"mean": "isotropic", "std": "isotropic_std", "uncertainty": "isotropic_uncertainty"}
 
 
 def uncertainty_colormap(name: str, rgb: tuple[float, float, float]):
@@ -36,11 +37,13 @@ def result_style(role: str, source_name: str, show: dict[str, bool] | None = Non
 
 
 def isotropic_style(role: str, source_name: str) -> dict:
-    """Layer keyword arguments of an isotropic volume (``isotropic``) or its std overlay."""
+    """Layer keyword arguments of an isotropic volume (``isotropic``) or one of its uncertainty
+    overlays (the predicted error, shown; the std of the samples, hidden)."""
     if role == "isotropic":
         return {"name": f"{source_name} isotropic", "colormap": "gray"}
-    return {"name": f"{source_name} isotropic uncertainty (std)", "colormap": "inferno", "blending": "additive",
-            "opacity": 0.8}
+    label = "predicted error" if role == "isotropic_uncertainty" else "uncertainty (std)"
+    return {"name": f"{source_name} isotropic {label}", "colormap": "inferno", "blending": "additive",
+            "opacity": 0.8, "visible": role == "isotropic_uncertainty"}
 
 
 def std_limits(values: np.ndarray) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from ._run_panel import RunPanel
 from ._state import MODEL_DEFAULT, SCOPES, RestoreSettings, RunState, UncertaintyView, bind, task_choices
 from ._streamed import StreamedLayers
 from ._threading import start_worker, wait_while
-from ._uncertainty_panel import UncertaintyPanel
+from ._uncertainty_panel import TOGGLES, UncertaintyPanel
 from ._worker import (ChunkWritten, Finished, ModelReady, Progress, StoreReady, UnitDone, WidgetJob, is_lazy,
                       restore_updates, scratch_store)
 
@@ -124,7 +124,7 @@ class RestoreWidget(Container):
                                   sampler=None if s.sampler == MODEL_DEFAULT else s.sampler, tile=s.tile or None,
                                   estimate=None if s.estimate == MODEL_DEFAULT else s.estimate,
                                   ensemble=s.ensemble or None, device=s.device, seed=s.seed)
-        show = {"std": self.view.show_std, "aleatoric": self.view.show_aleatoric, "mask": self.view.show_mask}
+        show = {role: getattr(self.view, field) for role, field in TOGGLES.items()}
         alive = lambda: not self._closed()  # noqa: E731
         if self._streams(layer):
             # The store's own mask uses the card's threshold, so a re-run resumes whatever the
@@ -185,7 +185,7 @@ class RestoreWidget(Container):
         elif isinstance(update, ModelReady):
             if update.threshold is not None and self._threshold_from != self.settings.model:
                 self._threshold_from = self.settings.model
-                self.view.threshold = float(update.threshold)
+                self.uncertainty.show_threshold(float(update.threshold))
         elif isinstance(update, UnitDone):
             self._results.add_slice(update.unit, update.result)
             if self._results.placed:

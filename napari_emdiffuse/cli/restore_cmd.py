@@ -5,13 +5,16 @@ dask.distributed cluster."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..io import read_calibration, read_image
-from ..results import output_paths
 from ..requests import ESTIMATES, RestoreRequest, SamplingOptions
 from ..restore_session import RestoreSession, check_paths
+from ..results import output_paths
 from ..streaming import DEFAULT_CHUNK
 from ..tasks import all_tasks, get_task
 from ..tasks.base import Task, positive_int
@@ -112,9 +115,15 @@ def run(args: argparse.Namespace) -> int:
         resized += f" (z-factor {geometry.z_factor}, {spacing})"
     unreliable = (f"{unreliable_fraction(result.mask):.1%} unreliable pixels" if result.mask is not None
                   else "no reliability mask")
+    if result.uncertainty is not None:
+        unreliable = f"predicted error {float(np.sqrt(np.mean(np.square(result.uncertainty)))):.2g} grey levels RMS; " + unreliable
     print(f"{task.name}: {source.name} {shape} {image.dtype}{resized} with {session.model.name}, "
           f"{info['samples']} samples x {info['steps']} steps ({info['sampler']}, {info['device']}) in "
           f"{time.perf_counter() - t0:.1f} s; {unreliable} -> {', '.join(map(str, written))}")
+    validation = info.get("validation") or {}
+    if validation.get("beyond"):
+        print(f"{task.name}: warning: this input lies beyond what {session.model.name} was validated on "
+              f"({'; '.join(validation['why'])}) — treat the result and its uncertainty with caution", file=sys.stderr)
     return 0
 
 

@@ -8,15 +8,15 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from ..device import resolve_device
 from ..normalize import Normalizer, to_dtype
+from ..requests import SamplingOptions
 from ..results import RestoreResult
 from ..tasks.base import Task, Unit
 from ..tiling import Cancelled
-from ..uncertainty import aleatoric_std, reliability_mask, sample_std
-from ..requests import SamplingOptions
+from ..uncertainty import (aleatoric_std, calibration_for, mask_field, predicted_error, reliability_mask, sample_std,
+                           validation_check)
 from .options import Settings
 from .sampling import Sampled, prepare_network, sample_unit, unit_tiles, view_estimate
 
@@ -110,7 +110,11 @@ def run(task: Task, model, image, options: SamplingOptions | None = None, *, par
             estimates += [view_estimate(model, v, settings, seed=options.seed, device=device, on_batch=counter,
                                         cancel=cancel) for v in views[1:]]
             sampled.first = np.mean(estimates, axis=0)
-        result = summarize(task, sampled, settings, normalizer, image.dtype, thr)
+        result = summarize(task, sampled, settings, normalizer, image.dtype, thr, model.uncertainty)
+        on_input_grid = task.unit_is_plane and geometry.scale == 1  # residuals of a denoiser-like task
+        result.info["validation"] = validation_check(
+            result.uncertainty, normalizer.hi - normalizer.lo, model.uncertainty,
+            normalizer.inverse(read(index)) if on_input_grid else None, result.mean if on_input_grid else None)
         result.info.update(task.info(model, index, geometry), seconds=time.perf_counter() - t0, device=str(device),
                            samples=settings.samples, steps=settings.steps, sampler=settings.sampler,
                            estimate=settings.estimate, ensemble=len(views), evaluations=settings.evaluations,
@@ -120,8 +124,9 @@ def run(task: Task, model, image, options: SamplingOptions | None = None, *, par
 
 
 def summarize(task: Task, sampled: Sampled, settings: Settings, normalizer: Normalizer, dtype,
-              threshold: float) -> RestoreResult:
-    """A unit's restored planes in the input's dtype and its uncertainty in intensity units."""
+              threshold: float, card_uncertainty: dict | None = None) -> RestoreResult:
+    """A unit's restored planes in the input's dtype and its uncertainty in intensity units: the
+    sample spread, the aleatoric std, the predicted error (calibrated by the card) and the mask."""
     span = normalizer.hi - normalizer.lo
     estimate = sampled.samples if settings.estimate == "sample_mean" else sampled.first
     mean = to_dtype(normalizer.inverse(estimate.mean(axis=1)), dtype)
@@ -131,12 +136,14 @@ def summarize(task: Task, sampled: Sampled, settings: Settings, normalizer: Norm
     ale = None
     if sampled.logvar is not None:
         ale = np.stack([aleatoric_std(lv) for lv in sampled.logvar]) * (span / 2)
-    basis = std if std is not None else ale
+    predicted = predicted_error(std, ale, calibration_for(card_uncertainty)) if std is not None or ale is not None else None
+    basis_field = mask_field(card_uncertainty, std is not None)
+    basis = {"std": std, "aleatoric": ale, "uncertainty": predicted}[basis_field]
     mask = None if basis is None or not np.isfinite(threshold) else reliability_mask(basis, span, threshold)
-    parts = [mean, std, ale, mask]
+    parts = [mean, std, ale, mask, predicted]
     if task.unit_is_plane:
         parts = [None if p is None else p[0] for p in parts]
-    return RestoreResult(*parts)
+    return RestoreResult(*parts, info={"mask_basis": basis_field if mask is not None else None})
 
 
 def restore_whole(task: Task, model, image, options: SamplingOptions | None = None, *,
@@ -161,6 +168,9 @@ def restore_whole(task: Task, model, image, options: SamplingOptions | None = No
 def _assembled(task, model, image, finished, params, t0) -> RestoreResult:
     result = task.assemble(image, finished, task.geometry(model, **(params or {})))
     result.info["seconds"] = time.perf_counter() - t0
+    checks = [r.info.get("validation") for _, r in finished if r.info.get("validation")]
+    if checks:  # the whole result is beyond validation if any unit is
+        result.info["validation"] = next((c for c in checks if c["beyond"]), checks[0])
     return result
 
 

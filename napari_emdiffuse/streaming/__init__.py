@@ -26,9 +26,10 @@ from .chunks import (DEFAULT_CHUNK, ChunkDone, StreamJob, default_halo, open_sou
                      volume_normalizer, weights_fingerprint)
 from .lattice import ChunkGrid
 from .run import StreamReport, stream_restore
-from .store import add_pyramids, finished_chunks, open_result, result_layer_data, streamed_fields
+from .store import (add_pyramids, finished_chunks, open_result, result_layer_data, streamed_fields,
+                    streamed_mask_basis)
 
 __all__ = ["ChunkGrid", "StreamJob", "ChunkDone", "StreamReport", "plan_stream", "restore_chunk", "stream_restore",
            "finished_chunks", "open_result", "result_layer_data", "output_paths", "default_halo", "add_pyramids",
-           "streamed_fields", "open_source", "volume_normalizer", "weights_fingerprint",
+           "streamed_fields", "streamed_mask_basis", "open_source", "volume_normalizer", "weights_fingerprint",
            "DEFAULT_CHUNK"]

@@ -28,9 +28,10 @@ from ..loading import load_model
 from ..model import RestorationModel
 from ..normalize import Normalizer
 from ..requests import SamplingOptions
-from ..results import RestoreResult, acquired_value, output_dtype, output_paths
+from ..results import FIELDS, RestoreResult, acquired_value, output_dtype, output_paths
 from ..tasks import get_task
 from ..tasks.base import Task
+from ..uncertainty import has_predicted_error, mask_field
 from .lattice import ChunkGrid
 from .store import DONE, input_calibration, prepare_outputs
 
@@ -139,10 +140,12 @@ def result_fields(model, settings: Settings, threshold: float | None) -> tuple[s
         fields.append("std")
     if model.aleatoric:
         fields.append("aleatoric")
+    if len(fields) > 1 and has_predicted_error(model.uncertainty, "std" in fields, "aleatoric" in fields):
+        fields.append("uncertainty")
     thr = float(threshold if threshold is not None else model.uncertainty.get("threshold", np.inf))
-    if len(fields) > 1 and np.isfinite(thr):
+    if mask_field(model.uncertainty, "std" in fields) in fields and np.isfinite(thr):
         fields.append("mask")
-    return tuple(fields)
+    return tuple(f for f in FIELDS if f in fields)
 
 
 def check_chunk(chunk, shape3) -> tuple[int, int, int]:
@@ -204,7 +207,8 @@ def plan_stream(image, output, model: RestorationModel | str, *, task: str | Non
                 "scale": geometry.scale, "z_factor": geometry.z_factor, "seed": options.seed,
                 "normalizer": list(job.normalizer),
                 "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"},
-                "threshold": threshold, "fields": list(fields)}
+                "threshold": threshold, "fields": list(fields),
+                "mask_basis": mask_field(model.uncertainty, "std" in fields) if "mask" in fields else None}
     manifest = json.loads(json.dumps(manifest))  # what the store will hand back: lists, floats
     if calibration is None:
         calibration = Calibration.of(voxel_size) if voxel_size is not None else input_calibration(image)

@@ -101,11 +101,17 @@ def open_result(output, field_name: str = "mean"):
 
 
 def streamed_fields(output) -> tuple[str, ...]:
-    """The result fields (mean, std, aleatoric, mask) a streamed OUTPUT holds."""
+    """The result fields (results.OUTPUTS) a streamed OUTPUT holds."""
     manifest = _read_manifest(Path(output))
     if manifest is None:
         raise ValueError(f"{output} is not an emdiffuse streamed result")
     return tuple(manifest["fields"])
+
+
+def streamed_mask_basis(output) -> str | None:
+    """The field a streamed OUTPUT's reliability mask was computed from (None: no mask)."""
+    manifest = _read_manifest(Path(output)) or {}
+    return manifest.get("mask_basis") or ("std" if "std" in manifest.get("fields", ()) else "aleatoric")
 
 
 def result_layer_data(output, field_name: str = "mean") -> tuple:

@@ -176,7 +176,7 @@ class Task:
 
         info = {k: v for k, v in results[0].info.items() if k != "z"}
         info["slices"] = [z for z, _ in finished]
-        return RestoreResult(*(stack(f) for f in FIELDS), info=info)
+        return RestoreResult(**{f: stack(f) for f in FIELDS}, info=info)
 
     # ---- command line ----------------------------------------------------------------------------
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
-"""The public Python entry points: :func:`restore` (a whole result) and :func:`restore_slices`
-(unit by unit), for every task: a model given by name or path is loaded, its card's task chosen
-from the registry, and the one engine (:mod:`.engine`) runs it."""
+"""The public Python API, which the package re-exports (``from napari_emdiffuse import restore``):
+:func:`restore` (a whole result) and :func:`restore_slices` (unit by unit), for every task. A
+model given by name or path is loaded, its card's task chosen from the registry, and the one
+engine (:mod:`.engine`) runs it."""
 from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
