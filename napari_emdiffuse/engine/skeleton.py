@@ -112,7 +112,7 @@ def run(task: Task, model, image, options: SamplingOptions | None = None, *, par
             sampled.first = np.mean(estimates, axis=0)
         result = summarize(task, sampled, settings, normalizer, image.dtype, thr)
         result.info.update(task.info(model, index, geometry), seconds=time.perf_counter() - t0, device=str(device),
-                           samples=settings.samples, steps=settings.steps, sampler=settings.sampler,
+                           samples=settings.samples, steps=settings.steps_run, sampler=settings.sampler,
                            estimate=settings.estimate, ensemble=len(views), evaluations=settings.evaluations,
                            tile=settings.tile, batch_size=settings.batch_size, threshold=thr, model=model.name,
                            normalizer=(normalizer.lo, normalizer.hi), task=task.name)
