@@ -133,3 +133,12 @@ class ConditionNet(torch.nn.Module):
     def forward(self, x, noise_level):
         return x[:, :1] + 0 * self.dummy
 
+
+
+@pytest.fixture
+def device():
+    """The device tests that take one run on: $EMDIFFUSE_TEST_DEVICE (benchmarks/gpu_check.sh sets
+    cuda), the CPU by default, so CI is unchanged."""
+    import os
+
+    return torch.device(os.environ.get("EMDIFFUSE_TEST_DEVICE", "cpu"))
