@@ -24,3 +24,32 @@ def test_one_sample_with_the_posterior_mean_evaluates_only_the_first_level():
     assert two.info["evaluations"] == 4 and two.std is not None
     # the sample mean still runs every step
     assert restore(image, model, tile=32, overlap=8, samples=1, steps=3).info["evaluations"] == 3
+
+
+def test_gpu_budget_training_picks_a_size_and_writes_the_run(tmp_path):
+    """weights/*.py --gpu-budget on a machine without a GPU: the CPU dry run of the same path."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "weights"))
+    from _gpu_budget import STEPS_WANTED, train_within
+    from napari_emdiffuse.loading import load_model
+    from napari_emdiffuse.sample_data import load_pair
+    from napari_emdiffuse.training.datasets import denoise_data
+    from napari_emdiffuse.training.presets import new_card
+
+    noisy, clean = load_pair()
+    data = denoise_data(noisy[:160, :160], clean[:160, :160], patch=32, check=False)
+    lines = []
+    run = train_within(new_card("denoise", "tiny", name="budget-run"), data.train, data.val, 0.15, tmp_path / "run",
+                       patch=32, device="cpu", log=lines.append)
+    card = yaml.safe_load((run / "card.yaml").read_text())
+    budget = card["training"]["gpu_budget"]
+    assert budget["size"] == "tiny" and budget["steps"] >= 1 and budget["device"] == "cpu"
+    assert budget["probes"][0]["size"] == "tiny" and budget["probes"][0]["affordable_steps"] < STEPS_WANTED["tiny"]
+    assert card["network"]["inner_channel"] == 16 and card["network"]["aleatoric"]
+    assert [p["size"] for p in budget["probes"]] == ["tiny"]  # it could not afford its steps: larger ones not tried
+    assert any("training tiny on cpu" in line for line in lines)
+    assert load_model(str(run)).network.inner_channel == 16
