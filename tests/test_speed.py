@@ -53,3 +53,26 @@ def test_gpu_budget_training_picks_a_size_and_writes_the_run(tmp_path):
     assert [p["size"] for p in budget["probes"]] == ["tiny"]  # it could not afford its steps: larger ones not tried
     assert any("training tiny on cpu" in line for line in lines)
     assert load_model(str(run)).network.inner_channel == 16
+
+
+def test_gpu_check_dry_run_records_each_step_and_goes_on_after_a_failure(tmp_path):
+    """The cheapest part of benchmarks/gpu_check.sh --dry-run (so the script cannot rot): each
+    step in its own log, a failing one recorded and the next one run."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu"
+    done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run", "--only", "env,batch",
+                           "--bundle", str(tmp_path / "bundle")],
+                          env={**os.environ, "GPU_CHECK_FAIL": "env"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = dict(line.split("\t")[:2] for line in (out / "summary.tsv").read_text().splitlines()[1:])
+    assert rows["env"] == "failed (exit 1)" and rows["batch"] == "ok", rows
+    assert "tests_device" not in rows and rows["total"] == "within budget"
+    batch = json.loads((out / "batch.json").read_text())
+    assert batch["oom_fallback"]["fell_back"] and batch["oom_fallback"]["batch_after_fallback"] == 1
+    assert batch["oom_fallback"]["max_abs_difference_to_small_batch"] == 0
+    assert (out / "batch.log").exists() and list((tmp_path / "bundle").glob("gpu_check.tgz.*"))
