@@ -11,7 +11,7 @@
 #   tests_device     the tests that take a device, on CUDA (EMDIFFUSE_TEST_DEVICE=cuda; junit xml)
 #   forward          forward time of a 256x256 tile, demo and published-size networks: fp32, bf16,
 #                    bf16 as a replayed CUDA graph; evaluations/s and % of the bf16 peak (forward.json)
-#   forward_compile  the same with torch.compile, default and reduce-overhead (CUDA graphs) modes
+#   forward_compile  the demo network with torch.compile, default and reduce-overhead (CUDA graphs) modes
 #   megapixel        seconds per megapixel at the card's settings, 2048^2 and 4096^2, fp32 and bf16
 #   recipe           the EMDiffuse recipe against the default on the demo pair's val rows, bf16 and
 #                    fp32 defaults: ratio, PSNR, uncertainty ranking (recipe.json, recipe_fp32.json)
@@ -126,12 +126,12 @@ if [ $DRY = 1 ]; then
   skip tests_all "dry run: the suite is CI's"
 else
   step forward 75 $PY benchmarks/forward_time.py --device cuda --batch 1 16 64 --repeats 10 --graphs --json "$OUT/forward.json"
-  step forward_compile 120 $PY benchmarks/forward_time.py --device cuda --batch 16 --repeats 10 --compile \
+  step forward_compile 100 $PY benchmarks/forward_time.py --device cuda --batch 16 --repeats 10 --compile --only demo \
     --json "$OUT/forward_compile.json"
   step megapixel 45 $PY benchmarks/megapixel.py --device cuda --sizes 2048 4096 --repeats 2 --precision bf16 fp32 \
     --json "$OUT/megapixel.json"
-  step recipe 90 bash -c "$PY benchmarks/recipe_vs_default.py --device cuda --timed-steps 200 --rounds 3 \
-    --json '$OUT/recipe.json' && $PY benchmarks/recipe_vs_default.py --device cuda --timed-steps 200 --rounds 3 \
+  step recipe 90 bash -c "$PY benchmarks/recipe_vs_default.py --device cuda --timed-steps 100 --rounds 3 \
+    --json '$OUT/recipe.json' && $PY benchmarks/recipe_vs_default.py --device cuda --timed-steps 100 --rounds 3 \
     --precision fp32 --json '$OUT/recipe_fp32.json'"
   step batch 60 $PY benchmarks/gpu_parts.py batch "$OUT/batch.json"
   step amp 45 $PY benchmarks/gpu_parts.py amp "$OUT/amp.json"
