@@ -110,7 +110,7 @@ def choose_size(card: dict, data, val, cfg, patch: int, budget_s: float, log=pri
         rate, spent = probe(sized, data, val, replace(cfg, batch_size=batch, lr=SUGGESTED[preset]["lr"]),
                             limit_s=max(2.0, 0.05 * budget_s))
         left -= spent
-        row.update(steps_per_s=round(rate, 3), affordable_steps=int(rate * left * 0.9), wanted=STEPS_WANTED[preset])
+        row.update(steps_per_s=round(rate, 3), affordable_steps=max(0, int(rate * left * 0.9)), wanted=STEPS_WANTED[preset])
         table.append(row)
         log(f"gpu budget: {preset} at batch {batch}: {rate:.3g} steps/s, {row['affordable_steps']} steps fit "
             f"(wanted {STEPS_WANTED[preset]})")
