@@ -44,6 +44,18 @@ def held_out(columns: slice = slice(None), rows: slice = HELD_OUT_ROWS) -> tuple
     return noisy[rows, columns], clean[rows, columns]
 
 
+def split_region(part: str) -> tuple[np.ndarray, np.ndarray, slice]:
+    """(noisy, clean, rows) of the demo pair's ``val`` or ``test`` rows, all 768 columns. Settings
+    are chosen on val; test is for the one reported figure."""
+    from napari_emdiffuse.sample_data import load_pair
+
+    if part not in ("val", "test"):
+        raise ValueError(f"unknown split {part!r}: use val (choosing settings) or test (the reported figure)")
+    rows = ev.rows_of("demo-denoise", part)
+    noisy, clean = load_pair()
+    return noisy[rows], clean[rows], rows
+
+
 def span(text: str) -> slice:
     """``"a:b"`` -> slice(a, b)."""
     a, b = (int(v) for v in text.split(":"))
@@ -171,29 +183,49 @@ def grid_settings(settings, sigmas: torch.Tensor):
     return FixedGrid(**fields)
 
 
-def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str = "channels_last"):
+def draw_samples(model, noisy: np.ndarray, settings, seed: int = 0, layout: str = "channels_last",
+                 device: torch.device = torch.device("cpu")):
     """``settings.samples`` restorations of ``noisy`` (image units, float64, (S, H, W)) through the
     same sampler, tiling and seeded noise as :func:`napari_emdiffuse.restore`, the seconds
     taken, and the posterior-mean estimate (the denoiser at the noisiest level, averaged over the
     samples' starts: restore's ``estimate="posterior_mean"``)."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    model.network.to("cpu", memory_format=fmt).eval()
+    model.network.to(device, memory_format=fmt).eval()
     norm = model.normalization
     normalizer = Normalizer.for_card(noisy, norm)
     unit = Unit(0, normalizer(noisy)[None, None], [(0, k) for k in range(settings.samples)])
+    sync()
     t0 = time.perf_counter()
-    sampled = sample_unit(model, unit, settings, seed=seed, origin=(0, 0), device=torch.device("cpu"))
+    sampled = sample_unit(model, unit, settings, seed=seed, origin=(0, 0), device=device)
+    sync()
     seconds = time.perf_counter() - t0
     posterior_mean = normalizer.inverse(sampled.first[0].mean(0)).astype(np.float64)
     return normalizer.inverse(sampled.samples[0]).astype(np.float64), seconds, posterior_mean
 
 
-def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf16") -> tuple[np.ndarray, float, bool]:
+def sync() -> None:
+    """Wait for the GPU's queued work (timings on CUDA), nothing on the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def recipe_settings(model, device: torch.device, precision: str = "fp32", skip_repeats: bool = False):
+    """The EMDiffuse recipe as :class:`Settings`: ancestral DDPM over :func:`recipe_sigmas`, 2
+    samples, 256-pixel tiles at stride 224; fp32 at batch 1 (as EMDiffuse runs) unless
+    ``precision`` is bf16 (then in tile batches: the cheaper quality run on a CPU)."""
+    d = model.diffusion
+    base = Settings.for_model(model, device, sampler="ddpm", samples=2, overlap=32, precision=precision,
+                              **({"batch_size": 1} if precision == "fp32" else {}))
+    return grid_settings(base, recipe_sigmas(float(d["sigma_min"]), float(d["sigma_max"]), skip_repeats=skip_repeats))
+
+
+def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf16",
+                   device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, float, bool]:
     """The EMDiffuse recipe's 2 samples of ``noisy`` (ancestral DDPM over :func:`recipe_sigmas`
     with repeats skipped), cached in build/bench/ by weights, crop, seed and precision because
-    they take many minutes. The recipe is fp32; on a shared 2-core CPU its quality run uses bf16
-    autocast with both samples in one batch, which changes the PSNR by under 0.01 dB (see
-    docs/benchmarks.md) and the wall time, which is measured separately in fp32 at batch 1.
+    they take many minutes on a CPU. The recipe is fp32; on a shared 2-core CPU its quality run
+    uses bf16 autocast with both samples in tile batches, which changes the PSNR by under 0.01 dB
+    (see docs/benchmarks.md) and the wall time, which is measured separately in fp32 at batch 1.
     Returns (samples, seconds it took, whether it came from the cache)."""
     key = (f"{weights_fingerprint(model)}-{noisy.shape[0]}x{noisy.shape[1]}-{int(noisy.astype(np.int64).sum())}-{seed}"
            f"-{precision}")
@@ -201,12 +233,9 @@ def recipe_samples(model, noisy: np.ndarray, seed: int = 0, precision: str = "bf
     if path.exists():
         cached = np.load(path)
         return cached["samples"], float(cached["seconds"]), True
-    d = model.diffusion
-    base = Settings.for_model(model, torch.device("cpu"), sampler="ddpm", samples=2, overlap=32,
-                              batch_size=1 if precision == "fp32" else 4, precision=precision)
-    settings = grid_settings(base, recipe_sigmas(float(d["sigma_min"]), float(d["sigma_max"]), skip_repeats=True))
+    settings = recipe_settings(model, device, precision, skip_repeats=True)
     samples, seconds, _ = draw_samples(model, noisy, settings, seed=seed,
-                                       layout="contiguous" if precision == "fp32" else "channels_last")
+                                       layout="contiguous" if precision == "fp32" else "channels_last", device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, samples=samples, seconds=seconds)
     return samples, seconds, False
@@ -223,28 +252,49 @@ def quality(samples: np.ndarray, clean: np.ndarray) -> dict:
 
 
 def forward_seconds(network: torch.nn.Module, batch: int, channels_last: bool = True, dtype: torch.dtype | None = None,
-                    repeats: int = 3, size: int = 256, compiled: bool = False) -> tuple[float, float]:
+                    repeats: int = 3, size: int = 256, compiled: bool | str = False,
+                    graphed: bool = False) -> tuple[float, float]:
     """Seconds per forward pass of ``batch`` tiles of ``size``^2 (fastest of ``repeats``) in the
-    given layout and autocast dtype, and the first call's seconds (compilation when compiled)."""
+    given layout and autocast dtype, and the first call's seconds (compilation when compiled, a
+    ``torch.compile`` mode when a string; capture when ``graphed``: one CUDA graph replayed)."""
     import contextlib
 
     device = next(network.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     network = network.to(memory_format=fmt).eval()
-    fn = torch.compile(network) if compiled else network
+    fn = (torch.compile(network, mode=compiled) if isinstance(compiled, str) else torch.compile(network)) \
+        if compiled else network
     x = torch.randn(batch, network.in_channel, size, size, device=device).contiguous(memory_format=fmt)
     level = torch.full((batch,), 0.5, device=device)
 
+    def cast():
+        # graphs replay kernels, not Python: autocast's weight cache must not outlive the capture
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=not graphed) if dtype else contextlib.nullcontext()
+
     def forward():
-        cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with torch.inference_mode(), cast:
+        with torch.inference_mode(), cast():
             return fn(x, level)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     t0 = time.perf_counter()
-    forward()
+    if graphed:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                forward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph), cast():
+            fn(x, level)
+        run = graph.replay
+    else:
+        forward()
+        run = forward
+    if sync:
+        sync()
     first = time.perf_counter() - t0
-    return timed(forward, repeats, warmup=1 if compiled else 0, sync=sync), first
+    return timed(run, repeats, warmup=1 if compiled or graphed else 0, sync=sync), first
 
 
 def device_peak(device: torch.device, dtype: torch.dtype | None, cache: dict = {}) -> float | None:

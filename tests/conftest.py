@@ -13,6 +13,15 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def device():
+    """The device tests that take one run on: $EMDIFFUSE_TEST_DEVICE (benchmarks/gpu_check.sh sets
+    cuda), the CPU by default, so CI is unchanged."""
+    import os
+
+    return torch.device(os.environ.get("EMDIFFUSE_TEST_DEVICE", "cpu"))
+
+
 # A tiny network (four levels, so the middle attention sees few tokens): widget and CLI tests
 # exercise the real code path without the trained demo model.
 TINY_CARD = {

@@ -38,6 +38,9 @@ def command_line(doc: str, name: str) -> argparse.Namespace:
                    help="bf16: bf16 autocast on the CPU too (faster on CPUs with native bf16)")
     t.add_argument("--inner-channel", type=int, help="width of the network's first level (default: the card's)")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--gpu-budget", type=float, metavar="MINUTES",
+                   help="train at the size these minutes afford on the GPU (up to the published EMDiffuse size), "
+                        "with AMP, into --run (weights/_gpu_budget.py); on a machine without one, on the CPU")
     t.add_argument("--init", metavar="MODEL",
                    help="start from these weights (a preset name or a card/weights path): a fine-tune with a fresh optimiser")
     e = sub.add_parser("evaluate")
@@ -92,6 +95,11 @@ def train(args, card: dict, data, val) -> None:
     torch.manual_seed(args.seed)
     if args.inner_channel:
         card = {**card, "network": {**card["network"], "inner_channel": args.inner_channel}}
+    if args.gpu_budget:
+        from _gpu_budget import train_within
+
+        return train_within(card, data, val, args.gpu_budget, args.run, patch=args.patch, noise_draw=args.noise_draw,
+                            seed=args.seed, device="auto" if args.device == "cpu" else args.device)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=0.998,
                       loss="l2", noise_draw=args.noise_draw, seed=args.seed, device=args.device,
                       precision=args.precision, val_every=250, val_batch=16, checkpoint_every=250)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _gpu_budget import train_within
 from _script import TimeBudget, initial_model
 from napari_emdiffuse.evaluation import SPLITS, rows_of
 from napari_emdiffuse.normalize import Normalizer
@@ -72,6 +73,9 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                     help="bf16: bf16 autocast on the CPU too (faster on CPUs with native bf16)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--gpu-budget", type=float, metavar="MINUTES",
+                    help="train at the size these minutes afford on the GPU (up to the published EMDiffuse size), "
+                         "with AMP, into --run (weights/_gpu_budget.py); on a machine without one, on the CPU")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # one thread is robust on a CPU shared with other jobs
@@ -96,6 +100,9 @@ def main() -> None:
                                 "intensity_jitter": args.jitter})
     card["normalization"] = norm
     card["network"] = {**CARD["network"], "inner_channel": args.inner_channel}
+    if args.gpu_budget:
+        return train_within(card, train, val, args.gpu_budget, args.run, patch=96, noise_draw=args.noise_draw,
+                            seed=args.seed)
     model = initial_model(card, args.init)
 
     def report(u: TrainUpdate) -> None:

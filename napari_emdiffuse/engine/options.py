@@ -71,8 +71,29 @@ class Settings:
         return sampling_sigmas(self.steps, self.grid, self.sigma_min, self.sigma_max, self.rho)
 
     @property
+    def runs_samples(self) -> bool:
+        """Whether the finished samples are used: as the estimate (sample mean) or for their
+        spread (2 or more samples). When they are not, only the noisiest level is evaluated: the
+        posterior-mean estimate and the aleatoric variance come from it, and every sampler's
+        first evaluation is the same there (churn aside, which depends on the step count), so the
+        other steps would change nothing."""
+        churn = self.sampler == "heun_churn" or "churn" in self.sampler_options
+        return self.estimate == "sample_mean" or self.samples > 1 or churn
+
+    @property
+    def steps_run(self) -> int:
+        return self.steps if self.runs_samples else 1
+
+    def sigmas_run(self) -> torch.Tensor:
+        """The noise levels the sampler runs over: :meth:`sigmas`, or only its first level and
+        0 when the samples are not used (:attr:`runs_samples`)."""
+        sigmas = self.sigmas()
+        return sigmas if self.runs_samples else sigmas[[0, -1]]
+
+    @property
     def evaluations(self) -> int:
-        return evaluations(self.sampler, self.steps)
+        """Network evaluations per state and tile."""
+        return evaluations(self.sampler, self.steps) if self.runs_samples else 1
 
     @property
     def views(self) -> int:

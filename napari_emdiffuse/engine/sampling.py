@@ -84,7 +84,7 @@ def _sample(model, unit: Unit, settings: Settings, seed, origin, device, on_batc
     tiled = TiledDenoiser(denoiser, condition, grid, settings.batch_size, slice_index=index,
                           autocast=lambda: inference_autocast(device, settings.precision),
                           on_batch=on_batch, cancel=cancel)
-    sigmas = settings.sigmas().to(device)
+    sigmas = settings.sigmas_run().to(device)
     x = noise(0) * float(sigmas[0])
     # sampler steps draw noise(i) for i >= 0; shift so they never reuse the initial noise
     x = sample(settings.sampler, tiled, x, sigmas, lambda i: noise(i + 1), **settings.sampler_options)

@@ -116,7 +116,7 @@ def run(task: Task, model, image, options: SamplingOptions | None = None, *, par
             result.uncertainty, normalizer.hi - normalizer.lo, model.uncertainty,
             normalizer.inverse(read(index)) if on_input_grid else None, result.mean if on_input_grid else None)
         result.info.update(task.info(model, index, geometry), seconds=time.perf_counter() - t0, device=str(device),
-                           samples=settings.samples, steps=settings.steps, sampler=settings.sampler,
+                           samples=settings.samples, steps=settings.steps_run, sampler=settings.sampler,
                            estimate=settings.estimate, ensemble=len(views), evaluations=settings.evaluations,
                            tile=settings.tile, batch_size=settings.batch_size, threshold=thr, model=model.name,
                            normalizer=(normalizer.lo, normalizer.hi), task=task.name)
