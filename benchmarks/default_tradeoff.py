@@ -17,7 +17,7 @@ import torch
 
 from _common import header, load_demo, load_note, split_region
 from napari_emdiffuse import evaluation as ev
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.uncertainty import predicted_error
 
 SETTINGS = [(1, 1, 1), (1, 1, 2), (1, 1, 4), (1, 1, 8), (2, 4, 4), (2, 4, 1), (2, 2, 4), (2, 1, 4), (4, 4, 4)]

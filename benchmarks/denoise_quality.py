@@ -3,7 +3,6 @@ tuned and calibrated on the validation rows of the real SEM pair, scored once on
 
     python benchmarks/denoise_quality.py [--model demo-denoise] [--update-card]
     python benchmarks/denoise_quality.py --select build/demo-denoise-run      # checkpoints, on val
-    python benchmarks/denoise_quality.py --tradeoff                           # samples x steps, on val
 
 Regions (``SPLITS["demo-denoise"]``): one 768 x 768 pair (4 us / 36 us dwell) is all there is, so
 it is split into row bands 16 px apart: train rows 288-767, val rows 176-271, test rows 0-159.
@@ -262,35 +261,6 @@ def select(args) -> None:
     Path(args.out).write_text(json.dumps({"settings": settings, "checkpoints": rows_out, "best": best}, indent=1))
 
 
-def tradeoff(args) -> None:
-    """Samples x steps on the val rows: PSNR of the restored image, how well the predicted error
-    (calibrated afresh for each setting) ranks the blocks, and CPU seconds (one thread)."""
-    import torch
-
-    torch.set_num_threads(1)
-    noisy_full, clean_full = load_pair()
-    rows = ev.rows_of(PRESET, "val")
-    noisy, clean = noisy_full[rows], clean_full[rows]
-    model = load_model(args.model)
-    table, proxy = [], None
-    for samples in (1, 2, 4, 8):
-        for steps in ((1,) if samples == 1 else (1, 2, 4, 8)):
-            res = run(model, noisy, samples=samples, steps=steps)
-            errors = ev.block_rmse(res.mean, clean)
-            proxy = proxy or round(ev.spearman(ev.gradient_proxy(noisy), errors), 3)
-            cal, _ = ev.fit_predicted_error(res.std, res.aleatoric, errors)
-            pb = ev.block_rms(predicted_error(res.std, res.aleatoric, cal))
-            table.append({"samples": samples, "steps": steps, "psnr": round(ev.psnr(res.mean, clean), 3),
-                          "spearman": round(ev.spearman(pb, errors), 3), "ause": round(ev.ause(pb, errors), 4),
-                          "calibration": cal, "cpu_seconds": res.info["cpu_seconds"]})
-            print(json.dumps(table[-1]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"region": f"val rows {rows.start}-{rows.stop - 1}",
-                                          "estimate": model.diffusion.get("estimate"),
-                                          "ensemble": model.diffusion.get("ensemble"),
-                                          "spearman_gradient_of_input": proxy, "table": table}, indent=1))
-
-
 def update_card(report: dict) -> Path:
     path = REPO / "models" / f"{PRESET}.yaml"
     card = yaml.safe_load(path.read_text())
@@ -319,7 +289,6 @@ def main() -> None:
     ap.add_argument("--model", default=PRESET)
     ap.add_argument("--update-card", action="store_true")
     ap.add_argument("--select", metavar="RUN", help="score RUN's snapshots on val (choose the checkpoint)")
-    ap.add_argument("--tradeoff", action="store_true", help="samples x steps against PSNR and ranking, on val")
     ap.add_argument("--out", default="build/denoise_quality.json")
     for name in ("steps", "samples", "ensemble"):
         ap.add_argument(f"--{name}", type=int, help="override the model card's")
@@ -327,8 +296,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.select:
         return select(args)
-    if args.tradeoff:
-        return tradeoff(args)
     if args.update_card and (args.model != PRESET or any(getattr(args, k) is not None
                                                          for k in ("steps", "samples", "ensemble", "estimate"))):
         ap.error("--update-card records the bundled model at its card's settings: drop --model and the overrides")

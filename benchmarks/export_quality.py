@@ -4,9 +4,9 @@ restoration with the card's settings and the simple baseline, on the data the ca
     python benchmarks/export_quality.py [--presets demo-denoise superres-sstem isotropic-fibsem]
 
 The export computes the single-pass posterior mean (one view, one noise start, one tile), so it
-gives up the card's rotation/flip ensemble. Data: demo-denoise rows 576-767 of the real SEM pair
-(the 36 us image is the reference); superres-sstem weights/data/sstem_isbi2012_val.tif and its 2x2
-binning; isotropic-fibsem every 5th slice of slices 0-60 of the FlyEM sample crop, scored on the
+gives up the card's rotation/flip ensemble. Data: the val regions of the evaluation protocol (this
+compares settings): demo-denoise val rows 176-271 of the real SEM pair (the 36 us image is the
+reference); superres-sstem weights/data/sstem_isbi2012_val.tif and its 2x2 binning; isotropic-fibsem every 5th slice of slices 0-60 of the FlyEM sample crop, scored on the
 48 generated slices. PSNR/SSIM: napari_emdiffuse.evaluation (affine intensity match, peak 255).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def task_data(preset: str):
     """(input, reference, baseline name, baseline, scored part of the output)."""
     if preset == "demo-denoise":
-        noisy, clean = (a[576:768] for a in sample_data.load_pair())
+        noisy, clean = (a[evaluation.rows_of(preset, "val")] for a in sample_data.load_pair())
         return noisy, clean, "noisy input", noisy, np.s_[...]
     if preset == "superres-sstem":
         high = tifffile.imread(REPO / "weights/data/sstem_isbi2012_val.tif")

@@ -123,7 +123,7 @@ def largest_batch(net, device, cap: int) -> dict:
 def oom_fallback(model, device, dry_run: bool, gib_per_tile: float | None = None) -> dict:
     """restore() asked for a tile batch larger than the memory it may use: the engine's fallback
     halves it until it fits, and the result is that of a small batch."""
-    from napari_emdiffuse.restore import restore
+    from napari_emdiffuse.api import restore
 
     image = load_demo_image()
     image = image[:192, :192] if dry_run else np.pad(image, ((0, 1280), (0, 1280)), mode="symmetric")  # 2048^2

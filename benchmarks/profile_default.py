@@ -14,7 +14,7 @@ import pstats
 import torch
 
 from _common import header, load_demo, load_note, split_region
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from test_tiling import tiny_model
 
 from napari_emdiffuse.model import model_from_card
 from napari_emdiffuse.noise import positional_noise
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_pair
 from napari_emdiffuse.training.datasets import denoise_data
 from napari_emdiffuse.training.presets import new_card

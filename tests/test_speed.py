@@ -3,7 +3,7 @@ import numpy as np
 
 from test_tiling import tiny_model
 
-from napari_emdiffuse.restore import restore
+from napari_emdiffuse.api import restore
 
 
 def test_one_sample_with_the_posterior_mean_evaluates_only_the_first_level():

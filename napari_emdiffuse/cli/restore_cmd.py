@@ -118,13 +118,17 @@ def run(args: argparse.Namespace) -> int:
     if result.uncertainty is not None:
         unreliable = f"predicted error {float(np.sqrt(np.mean(np.square(result.uncertainty)))):.2g} grey levels RMS; " + unreliable
     print(f"{task.name}: {source.name} {shape} {image.dtype}{resized} with {session.model.name}, "
-          f"{info['samples']} samples x {info['steps']} steps ({info['sampler']}, {info['device']}) in "
+          f"{_count(info['samples'], 'sample')} x {_count(info['steps'], 'step')} ({info['sampler']}, {info['device']}) in "
           f"{time.perf_counter() - t0:.1f} s; {unreliable} -> {', '.join(map(str, written))}")
     validation = info.get("validation") or {}
     if validation.get("beyond"):
         print(f"{task.name}: warning: this input lies beyond what {session.model.name} was validated on "
               f"({'; '.join(validation['why'])}) — treat the result and its uncertainty with caution", file=sys.stderr)
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _stream(args: argparse.Namespace, task: Task, source: Path, t0: float) -> int:
