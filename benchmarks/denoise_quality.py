@@ -35,7 +35,8 @@ from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_pair
-from napari_emdiffuse.uncertainty import predicted_error, relative_error, residual_correlation, validation_check
+from napari_emdiffuse.uncertainty import (predicted_error, relative_error, removed_fraction, residual_correlation,
+                                          validation_check)
 
 PRESET = "demo-denoise"
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +137,10 @@ def validation(model, val, settings) -> tuple[dict, dict, dict]:
                         "limit": round(limit * VALIDATED_MARGIN, 4),
                         "residual_correlation": [round(v, 3) for v in residual_correlation(noisy, res.mean)],
                         "residual_correlation_noisier": [round(v, 3) for v in residual_correlation(louder_input, louder.mean)]}
+    removed = {"as_acquired": removed_fraction(noisy, res.mean, span_of(res)),
+               "noisier": removed_fraction(louder_input, louder.mean, span_of(louder))}
+    unc["validated"].update(removed={k: round(v, 4) for k, v in removed.items()},
+                            removed_limit=round(max(removed.values()) * VALIDATED_MARGIN, 4))
     print("val uncertainty", json.dumps({k: v for k, v in unc.items() if k != "candidates"}), flush=True)
     val_scores = {"model": ev.scores(res.mean, clean), "seconds": res.info["wall_seconds"]}
     return sigmas, unc, val_scores

@@ -183,6 +183,8 @@ class Validated(_Section):
     relative_error: Optional[dict[str, float]] = None
     residual_correlation: Optional[list[float]] = None
     residual_correlation_noisier: Optional[list[float]] = None  # on the noisier validation copy: recorded, not checked
+    removed: Optional[dict[str, float]] = None  # uncertainty.removed_fraction on the validation inputs
+    removed_limit: Optional[PositiveFloat] = None
     tolerance: Optional[PositiveFloat] = None
 
 

@@ -149,12 +149,21 @@ def residual_correlation(image, restored) -> list[float]:
     return [float((resid[:, 1:] * resid[:, :-1]).mean() / var), float((resid[..., 1:] * resid[..., :-1]).mean() / var)]
 
 
+def removed_fraction(image, restored, span: float) -> float:
+    """The RMS of what restoring removed (``image - restored``) in the model's [-1, 1] units: a
+    denoiser that takes away far more than it did on any validation input is either facing much
+    more noise or taking away structure."""
+    resid = np.asarray(image, dtype=np.float64) - np.asarray(restored, dtype=np.float64)
+    return float(np.sqrt((resid ** 2).mean()) * 2 / span) if resid.size else 0.0
+
+
 def validation_check(predicted, span: float, card_uncertainty: dict | None, image=None, restored=None) -> dict | None:
     """Whether an input lies beyond what the model was validated on (the card's
     ``uncertainty.validated``): ``beyond`` is True when the map's :func:`relative_error` exceeds
     ``limit`` (the hardest validation input, e.g. a noisier copy, with a margin) or, given the
     input and the restored image on the same grid, when :func:`residual_correlation` differs from
-    the card's ``residual_correlation`` by more than its ``tolerance``; ``why`` says which. Such a
+    the card's ``residual_correlation`` by more than its ``tolerance`` or :func:`removed_fraction`
+    exceeds ``removed_limit``; ``why`` says which. Such a
     result, e.g. an image of another modality, is unvalidated whatever its map says. None when
     the card states no limit."""
     validated = (card_uncertainty or {}).get("validated") or {}
@@ -172,5 +181,11 @@ def validation_check(predicted, span: float, card_uncertainty: dict | None, imag
         if max(abs(a - b) for a, b in zip(got, reference)) > tolerance:
             out["why"].append(f"the removed noise's correlation (y {got[0]:.2f}, x {got[1]:.2f}) is unlike "
                               f"the validation data's (y {reference[0]:.2f}, x {reference[1]:.2f})")
+    removed_limit = validated.get("removed_limit")
+    if removed_limit is not None and image is not None and restored is not None:
+        out["removed"] = round(removed_fraction(image, restored, span), 4)
+        if out["removed"] > float(removed_limit):
+            out["why"].append(f"it removed {out['removed']:.3f} of the intensity span, more than from any validation "
+                              f"input ({float(removed_limit):.3f} with the margin): much noisier input, or structure taken away")
     out["beyond"] = bool(out["why"])
     return out

@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 
 from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.uncertainty import (UNCALIBRATED, calibration_for, gaussian_smooth, predicted_error,
-                                          relative_error, residual_correlation, validation_check)
+                                          relative_error, removed_fraction, residual_correlation, validation_check)
 
 
 def test_gaussian_smooth_matches_scipy_on_the_last_two_axes():
@@ -118,6 +118,20 @@ def test_validation_check_flags_a_harder_input_and_unfamiliar_noise():
     like = ev.correlated_noise((64, 64), {"rho_y": 0.3, "rho_x": 0.15}, rng)
     assert validation_check(predicted, 100.0, card, image=like, restored=np.zeros_like(like))["beyond"] is False
     assert validation_check(predicted, 100.0, {}) is None
+
+
+def test_validation_check_flags_a_restoration_that_removed_more_than_any_validated_one():
+    """A denoiser that takes away much more than it did on validation inputs (structure, or far more
+    noise than it was validated on) is flagged; the usual amount is not."""
+    predicted = np.full((64, 64), 5.0)
+    card = {"validated": {"limit": 0.12, "removed_limit": 0.13}}
+    rng = np.random.default_rng(8)
+    image = rng.normal(100, 1, (64, 64))
+    assert removed_fraction(image, image - 3.0, 100.0) == pytest.approx(0.06)
+    usual = validation_check(predicted, 100.0, card, image=image, restored=image - 3.0)
+    assert usual["beyond"] is False and usual["removed"] == pytest.approx(0.06)
+    stripped = validation_check(predicted, 100.0, card, image=image, restored=image - 10.0)
+    assert stripped["beyond"] and "structure taken away" in stripped["why"][0]
 
 
 def test_synthetic_pair_has_the_measured_noise():
