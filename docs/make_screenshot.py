@@ -2,8 +2,8 @@
 
     xvfb-run -a python3 docs/make_screenshot.py --model demo-denoise -o docs/napari_restore.png
 
-Restores a crop of the held-out rows (576-767) of the bundled 4 us SEM image through the Restore widget,
-exactly as a user would, and saves the whole window (canvas, layer list and the widget).
+Restores a crop of the test rows (0-159, evaluation.SPLITS) of the bundled 4 us SEM image through the Restore
+widget at the model card's settings, exactly as a user would, and saves the whole window (canvas, layer list and the widget).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT = (slice(576, 768), slice(256, 512))  # rows never seen in training (sample_data/PROVENANCE.txt)
+HELD_OUT = (slice(0, 160), slice(256, 512))  # test rows: never read in training, selection or calibration
 
 
 def register_plugin() -> None:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo-denoise", help="preset name, checkpoint or run folder")
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "napari_restore.png"))
-    ap.add_argument("--samples", type=int, default=6, help="more samples: a smoother uncertainty map (0: the model card's default)")
+    ap.add_argument("--samples", type=int, default=0, help="0: the model card's default")
     ap.add_argument("--steps", type=int, default=0, help="0: the model card's default")
     ap.add_argument("--size", type=int, nargs=2, default=(1400, 800), metavar=("W", "H"))
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the restore")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer = napari.Viewer(title="napari-emdiffuse")
     viewer.window._qt_window.resize(*args.size)
     noisy = load_pair()[0][HELD_OUT]
-    source = viewer.add_image(noisy, name="SEM 4 us (held out)")
+    source = viewer.add_image(noisy, name="SEM 4 us (test rows)")
     _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Restore")
     widget.image.value = source
     wait_while(lambda: not widget.env.ready, 60)  # the preset list first, so the picker shows the preset
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if widget.running or not widget._results or not widget._results.placed:
         print(f"the restore did not finish: {widget.run_state.status}", file=sys.stderr)
         return 1
-    # the input beside the result for comparison (a display copy, left of it)
-    viewer.add_image(noisy, name="input (4 us)", translate=(0, -noisy.shape[1] - 8))
+    # the input beside the result for comparison (a display copy, above it: the crop is wide)
+    viewer.add_image(noisy, name="input (4 us)", translate=(-noisy.shape[0] - 8, 0))
     source.visible = False
     widget.view.show_mask = False  # the overlay alone reads best at this size; the toggle shows it
     viewer.layers.selection.active = widget._results.layers["restored"]

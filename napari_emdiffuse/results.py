@@ -19,6 +19,13 @@ def _split_extension(path: Path) -> tuple[str, str]:
     return path.name[: len(path.name) - len(ext)], ext
 
 
+def sampling_summary(info: dict) -> str:
+    """``1 sample x 1 step (dpmpp_2m)`` from a result's info: how it was sampled, for a status line."""
+    samples, steps = int(info["samples"]), int(info["steps"])
+    return (f"{samples} sample{'s' * (samples != 1)} x {steps} step{'s' * (steps != 1)} "
+            f"({info['sampler']}{', ' + str(info['device']) if info.get('device') else ''})")
+
+
 def sibling_path(path: str | os.PathLike, tag: str) -> Path:
     """``out.tif`` -> ``out_std.tif`` (``out.ome.tif`` -> ``out_std.ome.tif``)."""
     path = Path(path)

@@ -48,6 +48,7 @@ class UncertaintyPanel(Container):
                                      tooltip="predicted error (in the model's [-1, 1] units: 2 / the intensity span "
                                              "times grey levels) above which a pixel is marked unreliable")
         self.readout = Label(label="in view", value="")
+        self.readout.native.setWordWrap(True)  # the readout is a sentence; a narrow dock must not cut it
         self.toggles = {
             "uncertainty": CheckBox(text="predicted error",
                                     tooltip="predicted RMS error per pixel in grey levels, calibrated on "

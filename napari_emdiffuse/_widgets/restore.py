@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, RadioButtons
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..requests import RestoreRequest, SamplingOptions
+from ..results import sampling_summary
 from ._checks import layer_problem, model_problem
 from ._controls import default_spin, heading
 from ._environment import Environment, probe
@@ -222,8 +223,7 @@ class RestoreWidget(Container):
             show_info(status)
         else:
             status = f"restored {kept} slice(s) in {time.perf_counter() - self._started:.1f} s"
-            how = self._results.meta
-            status += f" · {how['samples']} samples × {how['steps']} {how['sampler']} steps"
+            status += f" · {sampling_summary(self._results.meta)}"
         if self._results.placed:
             self.uncertainty.set_results(self._results.layers)
         self.run_state.update(running=False, cancelling=False, status=status)

@@ -14,7 +14,7 @@ import numpy as np
 from ..io import read_calibration, read_image
 from ..requests import ESTIMATES, RestoreRequest, SamplingOptions
 from ..restore_session import RestoreSession, check_paths
-from ..results import output_paths
+from ..results import output_paths, sampling_summary
 from ..streaming import DEFAULT_CHUNK
 from ..tasks import all_tasks, get_task
 from ..tasks.base import Task, positive_int
@@ -118,17 +118,13 @@ def run(args: argparse.Namespace) -> int:
     if result.uncertainty is not None:
         unreliable = f"predicted error {float(np.sqrt(np.mean(np.square(result.uncertainty)))):.2g} grey levels RMS; " + unreliable
     print(f"{task.name}: {source.name} {shape} {image.dtype}{resized} with {session.model.name}, "
-          f"{_count(info['samples'], 'sample')} x {_count(info['steps'], 'step')} ({info['sampler']}, {info['device']}) in "
+          f"{sampling_summary(info)} in "
           f"{time.perf_counter() - t0:.1f} s; {unreliable} -> {', '.join(map(str, written))}")
     validation = info.get("validation") or {}
     if validation.get("beyond"):
         print(f"{task.name}: warning: this input lies beyond what {session.model.name} was validated on "
               f"({'; '.join(validation['why'])}) — treat the result and its uncertainty with caution", file=sys.stderr)
     return 0
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _stream(args: argparse.Namespace, task: Task, source: Path, t0: float) -> int:
