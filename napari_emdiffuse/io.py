@@ -95,32 +95,32 @@ def _open_zarr(path: Path):
     return array, multiscale, node
 
 
-def read_image(path: str | os.PathLike):
-    """A TIFF as a numpy array; a zarr store as a lazy zarr array (read slice by slice later)."""
+@contextmanager
+def _opened(path: str | os.PathLike):
+    """The checked source behind ``path``: a lazy zarr array, or an open TiffFile."""
     path = Path(path)
     fmt = image_format(path)
     if not path.exists():
         raise ImageError(f"{path} does not exist — check the path")
     with _reading(path, fmt):
         if fmt == "zarr":
-            return _open_zarr(path)[0]
+            yield _open_zarr(path)[0]
+            return
         with tifffile.TiffFile(path) as tif:
             _check_tiff(tif, path)
-            return tif.asarray()
+            yield tif
+
+
+def read_image(path: str | os.PathLike):
+    """A TIFF as a numpy array; a zarr store as a lazy zarr array (read slice by slice later)."""
+    with _opened(path) as source:
+        return source.asarray() if isinstance(source, tifffile.TiffFile) else source
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The shape :func:`read_image` would give, reading metadata only; refuses the same inputs."""
-    path = Path(path)
-    fmt = image_format(path)
-    if not path.exists():
-        raise ImageError(f"{path} does not exist — check the path")
-    with _reading(path, fmt):
-        if fmt == "zarr":
-            return tuple(_open_zarr(path)[0].shape)
-        with tifffile.TiffFile(path) as tif:
-            _check_tiff(tif, path)
-            return tuple(tif.series[0].shape)
+    with _opened(path) as source:
+        return tuple(source.series[0].shape if isinstance(source, tifffile.TiffFile) else source.shape)
 
 
 def _check_tiff(tif: tifffile.TiffFile, path: Path) -> None:

@@ -61,6 +61,30 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def iso_run(tmp_path_factory):
+    """A run folder with a tiny vEMDiffuse-style isotropic model (z-factor 5, 64-pixel tiles)."""
+    network = dict(TINY_CARD["network"], in_channel=3, slice_embedding=True)
+    return write_tiny_run(tmp_path_factory.mktemp("tiny-iso-run"), name="tiny-isotropic", task="isotropic",
+                          network=network, isotropic={"z_factor": 5}, tile={"size": 64, "overlap": 16})
+
+
+@pytest.fixture(scope="session")
+def sr_run(tmp_path_factory):
+    """A run folder with a tiny 2x super-resolution model on 64-pixel tiles."""
+    return write_tiny_run(tmp_path_factory.mktemp("tiny-sr-run"), name="tiny-superres", task="superres",
+                          superres={"scale": 2}, tile={"size": 64, "overlap": 16})
+
+
+def run_cli(capsys, *argv):
+    """(exit code, stdout, stderr) of ``emdiffuse ARGV`` run in this process."""
+    from napari_emdiffuse.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="session")
 def tiny_superres_dir(tmp_path_factory):
     """A run folder with a tiny 2x super-resolution model."""
     return write_tiny_run(tmp_path_factory.mktemp("tiny-superres-run"), name="tiny-superres",

@@ -14,7 +14,7 @@ import torch
 import yaml
 import zarr
 
-from napari_emdiffuse.cli import main
+from conftest import run_cli
 from napari_emdiffuse.io import read_voxel_size
 from napari_emdiffuse.model import model_from_card
 from napari_emdiffuse.sample_data import load_pair
@@ -53,12 +53,6 @@ def em_input(tmp_path):
 
 def digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_denoise_writes_result_and_uncertainty(tmp_path, em_input, tiny_run, capsys):

@@ -12,31 +12,11 @@ import pytest
 import tifffile
 import zarr
 
-from conftest import TINY_CARD, write_tiny_run
-from napari_emdiffuse.cli import main
+from conftest import run_cli, write_tiny_run
 from napari_emdiffuse.io import read_image, read_voxel_size, write_image
 from napari_emdiffuse.sample_data import load_fibsem, load_sstem
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def iso_run(tmp_path_factory):
-    network = dict(TINY_CARD["network"], in_channel=3, slice_embedding=True)
-    return write_tiny_run(tmp_path_factory.mktemp("tiny-iso-run"), name="tiny-isotropic", task="isotropic",
-                          network=network, isotropic={"z_factor": 5}, tile={"size": 64, "overlap": 16})
-
-
-@pytest.fixture(scope="module")
-def sr_run(tmp_path_factory):
-    return write_tiny_run(tmp_path_factory.mktemp("tiny-sr-run"), name="tiny-superres", task="superres",
-                          superres={"scale": 2}, tile={"size": 64, "overlap": 16})
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def anisotropic_volume():

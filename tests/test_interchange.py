@@ -12,36 +12,16 @@ import pytest
 import tifffile
 import zarr
 
-from conftest import TINY_CARD, validated_ome_zarr, write_tiny_run
+from conftest import run_cli, validated_ome_zarr
 from napari_emdiffuse import ome_zarr
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.api import restore
 from napari_emdiffuse.calibration import Calibration
-from napari_emdiffuse.cli import main
 from napari_emdiffuse.io import read_about, read_calibration, read_image, write_image
 from napari_emdiffuse.results import MASK_RGBA, output_paths
 from napari_emdiffuse.sample_data import SSTEM, load_fibsem, load_sstem
 
 FIELDS = ("mean", "std", "aleatoric", "mask", "uncertainty")  # what the tiny aleatoric denoiser writes with 2 samples
-
-
-@pytest.fixture(scope="module")
-def iso_run(tmp_path_factory):
-    network = dict(TINY_CARD["network"], in_channel=3, slice_embedding=True)
-    return write_tiny_run(tmp_path_factory.mktemp("tiny-iso-run"), name="tiny-isotropic", task="isotropic",
-                          network=network, isotropic={"z_factor": 5}, tile={"size": 64, "overlap": 16})
-
-
-@pytest.fixture(scope="module")
-def sr_run(tmp_path_factory):
-    return write_tiny_run(tmp_path_factory.mktemp("tiny-sr-run"), name="tiny-superres", task="superres",
-                          superres={"scale": 2}, tile={"size": 64, "overlap": 16})
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def imagej_tiff(path, array, voxel=(50.0, 4.0, 4.0), unit="nm"):

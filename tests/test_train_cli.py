@@ -4,23 +4,16 @@ import os
 import re
 import signal
 
-import numpy as np
 import pytest
 import tifffile
 import torch
 
-from napari_emdiffuse.cli import main
+from conftest import run_cli
 from napari_emdiffuse.cli.train_cmd import StopOnInterrupt
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.sample_data import load_fibsem, load_pair, load_sstem
 
 FAST = ["--steps", "2", "--patch", "32", "--batch-size", "2"]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,6 @@ from napari_emdiffuse.sample_data import load_fibsem
 VOXEL = (50.0, 10.0, 10.0)
 
 
-@pytest.fixture(scope="module")
-def iso_run(tmp_path_factory):
-    network = dict(TINY_CARD["network"], in_channel=3, slice_embedding=True)
-    return write_tiny_run(tmp_path_factory.mktemp("tiny-iso-run"), name="tiny-isotropic", task="isotropic",
-                          network=network, isotropic={"z_factor": 5}, tile={"size": 64, "overlap": 16})
-
-
 @pytest.fixture
 def dock(make_napari_viewer, emdiffuse_plugin, qtbot, iso_run):
     viewer = make_napari_viewer()
@@ -61,7 +54,6 @@ def test_reconstructs_volume_layer_with_z_scale_and_uncertainty(dock, qtbot, not
 
 
 def test_ensemble_setting_reaches_the_reconstruction(dock, qtbot, notifications, tmp_path):
-    from conftest import write_tiny_run
     from napari_emdiffuse.loading import load_model
     from napari_emdiffuse.api import restore as reconstruct
 
