@@ -16,8 +16,12 @@ bootstrap over blocks of the test region; a margin whose interval holds 0 is a t
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import convolve1d, gaussian_filter
+from scipy.optimize import nnls
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
+
+from .uncertainty import gaussian_smooth, predicted_error
 
 BLOCK = 16  # uncertainty is judged on 16 x 16 blocks: per pixel, the reference's own noise dominates
 CI_BLOCK = 32  # bootstrap unit for intervals: larger than the error's spatial correlation
@@ -229,7 +233,6 @@ SPEARMAN_SLACK = 0.01
 
 
 def _block_mean_square(values, sigma: float, block: int) -> np.ndarray:
-    from .uncertainty import gaussian_smooth
 
     return blocks(gaussian_smooth(np.asarray(values, dtype=np.float64) ** 2, sigma), block).mean(axis=1)
 
@@ -237,7 +240,6 @@ def _block_mean_square(values, sigma: float, block: int) -> np.ndarray:
 def fit_weights(mean_squares: dict, error_blocks) -> dict:
     """Weights ``w`` with ``sum_k w_k^2 * mean_square_k`` closest to the squared block errors
     (non-negative least squares; one source: its overall RMS matched to the error's)."""
-    from scipy.optimize import nnls
 
     target = np.asarray(error_blocks, dtype=np.float64) ** 2
     names = list(mean_squares)
@@ -255,7 +257,6 @@ def fit_predicted_error(std, aleatoric, error_blocks, block: int = BLOCK,
     blocks of a validation region best (Spearman; within ``SPEARMAN_SLACK`` of the best, the most
     smoothing, then the fewest sources), with its weights fitted there; when it needs the spread, a ``fallback`` on the aleatoric std alone for results of one
     sample. Returns (calibration, every candidate's scores)."""
-    from .uncertainty import predicted_error
 
     available = {"aleatoric": aleatoric, "spread": std}
     table = []
@@ -318,7 +319,6 @@ def calibrate_uncertainty(std, aleatoric, error_blocks, span: float, block: int 
     calibration (:func:`fit_predicted_error`) and the reliability mask's threshold
     (:func:`mask_threshold`), stated in the model's [-1, 1] units (``2 / span`` times the
     predicted error, ``span`` the normaliser's hi - lo), and the validation scores of both."""
-    from .uncertainty import predicted_error
 
     calibration, table = fit_predicted_error(std, aleatoric, error_blocks, block)
     predicted = block_rms(predicted_error(std, aleatoric, calibration), block)
@@ -389,7 +389,6 @@ def noise_model(noisy, reference) -> dict:
     its variance as a linear function of intensity (fitted on the flattest 30% of pixels, where
     drift between the acquisitions costs least) and its lag-1 correlation along y and x. The
     reference's own noise is removed assuming shot noise (:data:`REFERENCE_NOISE_SHARE`)."""
-    from scipy.ndimage import gaussian_filter
 
     noisy = np.asarray(noisy, dtype=np.float64)
     matched = affine_match(reference, noisy)
@@ -415,7 +414,6 @@ def noise_model(noisy, reference) -> dict:
 
 def correlated_noise(shape, model: dict, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance Gaussian noise with ``model``'s lag-1 correlations along y and x."""
-    from scipy.ndimage import convolve1d
 
     n = rng.standard_normal(shape)
     for axis, key in ((-2, "rho_y"), (-1, "rho_x")):
@@ -428,7 +426,6 @@ def synthetic_pair(noisy, reference, model: dict, seed: int = 0, blur: float = 0
     """(input uint8, truth float64) for a region of a real pair: the truth is ``reference``
     Gaussian-filtered by ``blur`` px and mapped to ``noisy``'s intensities; the input adds noise
     from :func:`noise_model` (fitted elsewhere, e.g. on the training rows). Score with peak 255."""
-    from scipy.ndimage import gaussian_filter
 
     truth = affine_match(gaussian_filter(np.asarray(reference, dtype=np.float64), blur), noisy)
     std = np.sqrt(np.clip(model["var_intercept"] + model["var_slope"] * truth, 1e-6, None))
