@@ -52,7 +52,7 @@ echo "wheel check: emdiffuse denoise on the bundled sample image (one sampler st
 sample="$("$py" -c 'from napari_emdiffuse.sample_data import SEM_NOISY; print(SEM_NOISY)')"
 case "$sample" in "$installed/"*) ;; *) echo "wheel check: sample image $sample is not the installed one" >&2; exit 1 ;; esac
 "$work/venv/bin/emdiffuse" denoise "$sample" -o restored.tif --steps 1 --ensemble 1
-for output in restored.tif restored_std.tif restored_aleatoric.tif restored_mask.tif; do
+for output in restored.tif restored_uncertainty.tif restored_aleatoric.tif restored_mask.tif; do
   test -s "$output" || { echo "wheel check: $output was not written" >&2; exit 1; }
 done
 
