@@ -74,11 +74,6 @@ def tune(noisy, clean) -> dict:
     return best
 
 
-def noisier(image, std: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(np.rint(image + rng.normal(0, std, image.shape)), 0, 255).astype(np.uint8)
-
-
 def run(model, image, **settings):
     t0, c0 = time.perf_counter(), time.process_time()
     res = restore(image, model, device="cpu", seed=0, **settings)
@@ -125,11 +120,11 @@ def verdict(margin: dict) -> str:
 def validation(model, val, settings) -> tuple[dict, dict, dict]:
     """Baseline sigmas (as acquired and noisier) and the uncertainty calibration, on val only."""
     noisy, clean, noise_std = val
-    sigmas = {"as_acquired": tune(noisy, clean), "noisier": tune(noisier(noisy, noise_std, seed=1), clean)}
+    sigmas = {"as_acquired": tune(noisy, clean), "noisier": tune(ev.noisier_copy(noisy, noise_std, seed=1), clean)}
     res = run(model, noisy, **settings)
     errors = ev.block_rmse(res.mean, clean)
     unc = ev.calibrate_uncertainty(res.std, res.aleatoric, errors, span_of(res))
-    louder_input = noisier(noisy, noise_std, seed=1)
+    louder_input = ev.noisier_copy(noisy, noise_std, seed=1)
     louder = run(model, louder_input, **settings)
     limit = relative_error(predicted_error(louder.std, louder.aleatoric, unc["predicted_error"]), span_of(louder))
     as_is = relative_error(predicted_error(res.std, res.aleatoric, unc["predicted_error"]), span_of(res))
@@ -213,7 +208,7 @@ def evaluate(args) -> dict:
     sigmas, unc, val_scores = validation(model, val, settings)
 
     noisy, clean = noisy_full[split["test"]], clean_full[split["test"]]
-    louder = noisier(noisy, noise["std"], seed=0)
+    louder = ev.noisier_copy(noisy, noise["std"], seed=0)
     synthetic, truth = ev.synthetic_pair(noisy, clean, noise, seed=0)
     report = {"model": args.model, "protocol": "napari_emdiffuse/evaluation.py",
               "regions": {p: f"rows {s.start}-{s.stop - 1}" for p, s in split.items()},

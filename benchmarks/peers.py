@@ -43,6 +43,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from napari_emdiffuse import evaluation as ev
+from napari_emdiffuse import load_model, restore
 from napari_emdiffuse.sample_data import load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,14 +66,6 @@ def bands() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     noisy, clean = load_pair()
     return {part: (noisy[ev.rows_of(PRESET, part)], clean[ev.rows_of(PRESET, part)])
             for part in ("train", "val", "test")}
-
-
-def noisier(noisy: np.ndarray, clean: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """The noisy band with Gaussian noise as strong as its own added (benchmarks/denoise_quality.py)."""
-    resid = noisy.astype(np.float64) - ev.affine_match(clean, noisy)
-    std = float(resid.std())
-    rng = np.random.default_rng(seed)
-    return np.clip(np.rint(noisy + rng.normal(0, std, noisy.shape)), 0, 255).astype(np.uint8), std
 
 
 # ---- careamics -----------------------------------------------------------------------------------
@@ -307,15 +300,14 @@ def held_out_status(card: dict) -> str:
 
 def table(args) -> dict:
     careamics()
-    from napari_emdiffuse import load_model
-    from napari_emdiffuse.restore import restore  # the package attribute `restore` is shadowed by this module
 
     torch.set_num_threads(1)
     data = bands()
     (va_n, va_c), (te_n, te_c) = data["val"], data["test"]
     conditions = {"as_acquired": (va_n, te_n)}
-    va_noisier, _ = noisier(va_n, va_c, seed=1)
-    te_noisier, noise_std = noisier(te_n, te_c, seed=0)
+    noise_std = ev.noise_model(*data["train"])["std"]  # the acquisition's own, on the train rows
+    va_noisier = ev.noisier_copy(va_n, noise_std, seed=1)  # the very copies denoise_quality.py scores
+    te_noisier = ev.noisier_copy(te_n, noise_std, seed=0)
     conditions["noisier"] = (va_noisier, te_noisier)
     full = load_pair()[0]  # timing only
 
@@ -331,7 +323,7 @@ def table(args) -> dict:
 
     order = ["input (4 us)", "Gaussian", "BM3D", *reversed(list(peers)), args.model]
     report = {"model": args.model, "held_out": status, "machine": machine(),
-              "test_rows": "rows 0-159 of pair53 (160 x 768)", "noise_std_4us_test": round(noise_std, 2),
+              "test_rows": "rows 0-159 of pair53 (160 x 768)", "noise_std_4us_train": round(noise_std, 2),
               "methods": {name: {} for name in order}, "conditions": {}}
     speed = {"input (4 us)": None,
              "Gaussian": cpu_seconds_per_megapixel(lambda x: gaussian(x, 1.0), full),

@@ -422,6 +422,14 @@ def correlated_noise(shape, model: dict, rng: np.random.Generator) -> np.ndarray
     return n / n.std()
 
 
+def noisier_copy(image, std: float, seed: int = 0) -> np.ndarray:
+    """``image`` (uint8) with white Gaussian noise of ``std`` grey levels added: the protocol's
+    "noisier" input (``std`` the acquisition's own, :func:`noise_model` on the training rows, so
+    that the copy has about twice the noise variance: half the dwell time)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(image + rng.normal(0, std, np.shape(image))), 0, 255).astype(np.uint8)
+
+
 def synthetic_pair(noisy, reference, model: dict, seed: int = 0, blur: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
     """(input uint8, truth float64) for a region of a real pair: the truth is ``reference``
     Gaussian-filtered by ``blur`` px and mapped to ``noisy``'s intensities; the input adds noise

@@ -46,3 +46,10 @@ def test_blocks_cover_stacks_and_drop_partial_edges():
     a = np.arange(2 * 40 * 33, dtype=float).reshape(2, 40, 33)
     assert ev.blocks(a).shape == (2 * 2 * 2, 256)
     assert ev.mask_scores([1, 0, 0, 0, 0, 0, 0, 0, 0, 1], np.arange(10.0))["recall"] == 1.0
+
+
+def test_noisier_copy_adds_the_given_noise_reproducibly():
+    image = np.full((128, 128), 120, dtype=np.uint8)
+    louder = ev.noisier_copy(image, 6.0, seed=3)
+    assert louder.dtype == np.uint8 and np.array_equal(louder, ev.noisier_copy(image, 6.0, seed=3))
+    assert (louder.astype(float) - 120).std() == pytest.approx(6.0, rel=0.05)
