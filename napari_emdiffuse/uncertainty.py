@@ -185,7 +185,8 @@ def validation_check(predicted, span: float, card_uncertainty: dict | None, imag
     if removed_limit is not None and image is not None and restored is not None:
         out["removed"] = round(removed_fraction(image, restored, span), 4)
         if out["removed"] > float(removed_limit):
-            out["why"].append(f"it removed {out['removed']:.3f} of the intensity span, more than from any validation "
-                              f"input ({float(removed_limit):.3f} with the margin): much noisier input, or structure taken away")
+            out["why"].append(f"what it removed is {out['removed'] / 2:.1%} of the intensity span (RMS), more than from any "
+                              f"validation input ({float(removed_limit) / 2:.1%} with the margin): a much noisier "
+                              f"input, or structure taken away")
     out["beyond"] = bool(out["why"])
     return out
