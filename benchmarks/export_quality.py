@@ -24,6 +24,7 @@ from napari_emdiffuse import evaluation, sample_data
 from napari_emdiffuse.interchange.bioimageio_export import build_network, plan_export
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.api import restore
+from napari_emdiffuse.results import sampling_summary
 from napari_emdiffuse.tasks.isotropic import linear_interpolation
 from napari_emdiffuse.tasks.superres import bicubic_baseline, bin_mean
 
@@ -69,14 +70,14 @@ def main() -> None:
         model = load_model(preset)
         image, reference, baseline_name, baseline, part = task_data(preset)
         t0 = time.perf_counter()
-        full = restore(image, model, device="cpu").mean
+        restored = restore(image, model, device="cpu")
+        full = restored.mean
         t1 = time.perf_counter()
         single = exported(model, image)
         t2 = time.perf_counter()
-        d = model.diffusion
+        how = f"{sampling_summary(restored.info)}, {restored.info['estimate']}, ensemble {restored.info['ensemble']}"
         for name, result, seconds in ((baseline_name, baseline, None),
-                                      (f"napari-emdiffuse, card settings ({d['samples']} samples x {d['steps']} "
-                                       f"steps, posterior mean, ensemble {d.get('ensemble', 1)})", full, t1 - t0),
+                                      (f"napari-emdiffuse, card settings ({how})", full, t1 - t0),
                                       ("bioimageio export (single pass)", single, t2 - t1)):
             s = evaluation.scores(np.asarray(result)[part], reference[part], peak=255.0)
             rows.append({"preset": preset, "method": name, **s,
