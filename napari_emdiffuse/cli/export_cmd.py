@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         import bioimageio.spec  # noqa: F401 - the optional dependency, checked before any work
     except ImportError:
         fail(f"exporting needs the bioimageio extra, which is not installed — {EXTRA_HINT}")
-    from ..interchange.bioimageio_export import eps_caveat, prepare_export, write_package  # lazily: optional extra
+    from ..interchange.bioimageio_export import prepare_export, write_package  # lazily: optional extra
+    from ..interchange.bioimageio_readme import eps_caveat
 
     plan = prepare_export(args.model, args.output, name=args.name, license=args.license, authors=args.authors,
                           z_factor=args.z_factor, test_image=args.test_image)
