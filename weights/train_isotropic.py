@@ -49,6 +49,23 @@ CARD = {
 }
 
 
+def region(path) -> _script.Region:
+    """A scored volume (``path`` relative to the repository): every fifth slice as input, linear
+    interpolation along z as baseline, scored on the generated slices only."""
+    truth = tifffile.imread(_script.REPO / path)
+    n = (len(truth) - 1) // Z_FACTOR * Z_FACTOR + 1
+    truth = truth[:n]
+    generated = np.ones(n, bool)
+    generated[::Z_FACTOR] = False
+    acquired = truth[::Z_FACTOR]
+    return _script.Region(acquired, truth, iso.linear_interpolation(acquired, Z_FACTOR), generated)
+
+
+def val_region() -> _script.Region:
+    """The validation volume as ``evaluate`` scores it (settings are compared here, never on test)."""
+    return region(SPLITS["isotropic-fibsem"]["val"]["files"][0])
+
+
 def train(args) -> None:
     parts = [pairs.volume_examples(tifffile.imread(path), Z_FACTOR) for path in TRAINING]
     d = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -71,15 +88,6 @@ def evaluate(args) -> dict:
 
     model = load_model(args.model, task="isotropic")
 
-    def region(path) -> _script.Region:
-        truth = tifffile.imread(_script.REPO / path)
-        n = (len(truth) - 1) // Z_FACTOR * Z_FACTOR + 1
-        truth = truth[:n]
-        generated = np.ones(n, bool)
-        generated[::Z_FACTOR] = False
-        acquired = truth[::Z_FACTOR]
-        return _script.Region(acquired, truth, iso.linear_interpolation(acquired, Z_FACTOR), generated)
-
     def run_model(acquired, **setting):
         res = restore(acquired, model, task="isotropic", device="cpu", seed=0, **setting)
         assert np.array_equal(res.mean[::Z_FACTOR], acquired)
@@ -88,7 +96,7 @@ def evaluate(args) -> dict:
     val, test = SPLITS["isotropic-fibsem"]["val"], SPLITS["isotropic-fibsem"]["test"]
     notes = {"val": f"{val['files'][0]} ({val['note']})", "test": f"{test['files'][0]} ({test['note']})",
              "input": f"every {Z_FACTOR}th slice (50 nm); scored on the generated slices"}
-    return _script.evaluate(args, "isotropic-fibsem", region(val["files"][0]), region(test["files"][0]), "linear",
+    return _script.evaluate(args, "isotropic-fibsem", val_region(), region(test["files"][0]), "linear",
                             run_model, notes)
 
 

@@ -53,6 +53,18 @@ def validation_stack() -> np.ndarray:
     return tifffile.imread(VALIDATION)
 
 
+def region(path) -> _script.Region:
+    """A scored stack on the high-resolution grid: its 2x2 binning as input, bicubic as baseline."""
+    hr = sr.crop_to_multiple(tifffile.imread(path), SCALE)
+    lr = sr.bin_mean(hr, SCALE)
+    return _script.Region(lr, hr, sr.bicubic_baseline(lr, SCALE))
+
+
+def val_region() -> _script.Region:
+    """The validation stack as ``evaluate`` scores it (settings are compared here, never on test)."""
+    return region(VALIDATION)
+
+
 def training_tiles() -> np.ndarray:
     """The bundled crop cut into 128 x 128 tiles, with the tiles of the rest of every section."""
     crop = load_sstem()
@@ -79,16 +91,10 @@ def evaluate(args) -> dict:
     from napari_emdiffuse.loading import load_model
 
     model = load_model(args.model, task="superres")
-
-    def region(path) -> _script.Region:
-        hr = sr.crop_to_multiple(tifffile.imread(path), SCALE)
-        lr = sr.bin_mean(hr, SCALE)
-        return _script.Region(lr, hr, sr.bicubic_baseline(lr, SCALE))
-
     notes = {"val": "weights/data/sstem_isbi2012_val.tif (10 x 128 x 512 at 4 nm)",
              "test": "weights/data/sstem_isbi2012_test.tif (10 x 128 x 512 at 4 nm)",
              "input": "the 2x2 mean binning of each (10 x 64 x 256)"}
-    return _script.evaluate(args, "superres-sstem", region(VALIDATION), region(TEST), "bicubic",
+    return _script.evaluate(args, "superres-sstem", val_region(), region(TEST), "bicubic",
                             lambda image, **setting: restore(image, model, task="superres", device="cpu", seed=0, **setting), notes)
 
 
