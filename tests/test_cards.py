@@ -3,6 +3,7 @@ is one line naming the card and the field; weights.file can never lead outside t
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from napari_emdiffuse.cards import validate_card
 from napari_emdiffuse.loading import fetch_weights, load_model, read_card
 from napari_emdiffuse.training.presets import new_card
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
 DEMO = yaml.safe_load((MODELS / "demo-denoise.yaml").read_text())
 
 
@@ -21,6 +23,23 @@ DEMO = yaml.safe_load((MODELS / "demo-denoise.yaml").read_text())
 def test_bundled_cards_pass_unchanged(card):
     raw = yaml.safe_load(card.read_text())
     assert read_card(card) == raw
+
+
+@pytest.mark.parametrize("card", sorted(MODELS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_bundled_cards_draw_no_sample_spread_their_map_does_not_read(card):
+    """A second sample costs a full sampler run per tile; a card whose predicted error weighs no
+    spread draws one (benchmarks/default_tradeoff.py: the same PSNR and map on val)."""
+    raw = yaml.safe_load(card.read_text())
+    assert "spread" in raw["uncertainty"]["predicted_error"]["weights"] or raw["diffusion"]["samples"] == 1
+
+
+@pytest.mark.parametrize("script", ["train_superres", "train_isotropic"])
+def test_task_preset_card_has_the_sampling_its_training_script_writes(script, monkeypatch):
+    """A retrain writes the bundled card's defaults (evaluate --update-card keeps them)."""
+    monkeypatch.syspath_prepend(str(REPO / "weights"))
+    written = importlib.import_module(script).CARD
+    bundled = yaml.safe_load((MODELS / f"{written['name']}.yaml").read_text())["diffusion"]
+    assert {key: bundled[key] for key in written["diffusion"]} == written["diffusion"]
 
 
 @pytest.mark.parametrize("task", ["denoise", "superres", "isotropic"])

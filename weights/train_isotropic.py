@@ -42,7 +42,7 @@ CARD = {
                 "norm_groups": 8, "dropout": 0.0, "slice_embedding": True, "aleatoric": True,
                 "residual_z_factor": Z_FACTOR},
     "diffusion": {"parameterization": "x0", "clip": [-1.5, 1.5], "sigma_min": 0.002, "sigma_max": 80.0,
-                  "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 2},
+                  "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 1},
     "normalization": {"low": 0.1, "high": 99.9},
     "tile": {"size": 256, "overlap": 24},
     "isotropic": {"z_factor": Z_FACTOR, "route": "isotropic", "slice_index": "0-based (k-1 for the slice at k/f)"},

@@ -42,7 +42,7 @@ CARD = {
                 "channel_mults": [1, 2, 4, 4], "res_blocks": 1, "attn_res": [], "num_head_channels": 32,
                 "norm_groups": 8, "dropout": 0.0, "aleatoric": True},
     "diffusion": {"parameterization": "x0", "clip": [-1.5, 1.5], "sigma_min": 0.002, "sigma_max": 80.0,
-                  "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 2},
+                  "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 1},
     "normalization": {"low": 0.1, "high": 99.9},
     "tile": {"size": 256, "overlap": 24},
     "superres": {"scale": SCALE, "degradation": "2x2 mean binning"},
