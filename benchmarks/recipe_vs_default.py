@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from _common import (count_flops, device_peak, draw_samples, forward_seconds, grid_settings, header, load_demo,
                      load_note, machine, precision_note, recipe_samples, recipe_settings, span, split_region, sync)
@@ -47,24 +46,6 @@ from napari_emdiffuse.api import restore
 from napari_emdiffuse.uncertainty import calibration_for, gaussian_smooth, predicted_error
 
 TARGET_RATIO, PSNR_SLACK_DB = 300.0, 0.2
-
-
-def spearman_gap(pred_a, err_a, pred_b, err_b, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Spearman(pred_a, err_a) - Spearman(pred_b, err_b) over the same blocks, with a 95% bootstrap
-    interval (blocks resampled together for both)."""
-    arrays = [np.asarray(a, dtype=np.float64) for a in (pred_a, err_a, pred_b, err_b)]
-    n = len(arrays[0])
-    picks = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-    def rho(p, e):  # Spearman of each resample: Pearson of the ranks (ties averaged)
-        rp, re = rankdata(p, axis=-1), rankdata(e, axis=-1)
-        rp, re = rp - rp.mean(-1, keepdims=True), re - re.mean(-1, keepdims=True)
-        return (rp * re).sum(-1) / np.sqrt((rp ** 2).sum(-1) * (re ** 2).sum(-1))
-
-    boot = rho(arrays[0][picks], arrays[1][picks]) - rho(arrays[2][picks], arrays[3][picks])
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    gap = ev.spearman(arrays[0], arrays[1]) - ev.spearman(arrays[2], arrays[3])
-    return {"gap": round(float(gap), 3), "ci95": [round(float(lo), 3), round(float(hi), 3)]}
 
 
 def evaluations_per_tile(info: dict) -> int:
@@ -101,7 +82,7 @@ def quality(model, noisy, clean, device, recipe_precision: str, precision: str |
                    "spearman_std_smoothed_like_the_default": round(ev.spearman(pred_r_smooth, err_r), 3),
                    **ev.judge_uncertainty(pred_r, err_r, ev.gradient_proxy(noisy))},
         "psnr_margin": ev.psnr_margin(result.mean, recipe_mean, clean),
-        "spearman_gap": spearman_gap(pred_d, err_d, pred_r, err_r),
+        "spearman_gap": ev.spearman_gap(pred_d, err_d, pred_r, err_r),
         "blocks": int(len(err_d)),
     }
     for side in ("default", "recipe"):

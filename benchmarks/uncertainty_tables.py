@@ -51,7 +51,7 @@ def main() -> None:
               f"{unc['validation']['spearman']} | {mask['flagged']:.0%} / {mask['recall']:.0%}"
               f"{'' if mask['target_met'] else ' (target not reachable)'} |")
     print()
-    print("| test case | Spearman: map / best proxy (gain) | within images: map / best proxy | AUSE: map / best proxy (ratio) "
+    print("| test case | Spearman: map / best proxy (gain, 95% interval) | within images: map / best proxy | AUSE: map / best proxy (ratio) "
           "| ranks | calibrated | RMS predicted / measured | mask: flagged, precision, recall |")
     print("|---|---|---|---|---|---|---|---|")
     for case, u in judged.items():
@@ -62,7 +62,9 @@ def main() -> None:
         if "spearman_within_images" in u:
             within = f"{u['spearman_within_images']} / {max(p['spearman_within_images'] for p in proxies)}"
         m = u.get("mask", {})
-        print(f"| {case} | {u['spearman']} / {best_sp} ({u['spearman_gain']:+.3f}) | {within} | "
+        ci = u.get("spearman_gain_ci95")  # reports written before the interval existed have none
+        gain = f"{u['spearman_gain']:+.3f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+        print(f"| {case} | {u['spearman']} / {best_sp} ({gain}) | {within} | "
               f"{u['ause']} / {best_ause} ({u['ause_ratio']}x) | {yes(u['ranks'])} | {yes(u['calibrated'])} | "
               f"{u['rms_predicted']} / {u['rms_measured']} | "
               f"{m.get('flagged', 0):.1%}, {m.get('precision', 0):.2f}, {m.get('recall', 0):.2f} |")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import convolve1d, gaussian_filter
 from scipy.optimize import nnls
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from skimage.metrics import structural_similarity
 
 from .uncertainty import gaussian_smooth, predicted_error
@@ -160,6 +160,24 @@ def psnr_margin(image, baseline, reference, block: int = CI_BLOCK, n_boot: int =
 # ---- judging an uncertainty map -----------------------------------------------------------------------
 def spearman(a, b) -> float:
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+
+
+def spearman_gap(pred_a, err_a, pred_b, err_b, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Spearman(pred_a, err_a) - Spearman(pred_b, err_b) over the same blocks, with a 95% bootstrap
+    interval (blocks resampled together for both)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in (pred_a, err_a, pred_b, err_b)]
+    n = len(arrays[0])
+    picks = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+    def rho(p, e):  # Spearman of each resample: Pearson of the ranks (ties averaged)
+        rp, re = rankdata(p, axis=-1), rankdata(e, axis=-1)
+        rp, re = rp - rp.mean(-1, keepdims=True), re - re.mean(-1, keepdims=True)
+        return (rp * re).sum(-1) / np.sqrt((rp ** 2).sum(-1) * (re ** 2).sum(-1))
+
+    boot = rho(arrays[0][picks], arrays[1][picks]) - rho(arrays[2][picks], arrays[3][picks])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    gap = spearman(arrays[0], arrays[1]) - spearman(arrays[2], arrays[3])
+    return {"gap": round(float(gap), 3), "ci95": [round(float(lo), 3), round(float(hi), 3)]}
 
 
 def sparsification(predicted, error, steps: int = 20) -> np.ndarray:
@@ -360,6 +378,8 @@ def judge_predicted_error(predicted_blocks, error_blocks, proxies: dict, flagged
     best_sp = max(p["spearman"] for p in out["proxies"].values())
     best_ause = min(p["ause"] for p in out["proxies"].values())
     out["spearman_gain"] = round(out["spearman"] - best_sp, 3)
+    best_proxy = max(proxies, key=lambda name: out["proxies"][name]["spearman"])
+    out["spearman_gain_ci95"] = spearman_gap(predicted_blocks, error_blocks, proxies[best_proxy], error_blocks)["ci95"]
     out["ause_ratio"] = round(out["ause"] / max(best_ause, 1e-12), 3)
     out["ranks"] = bool(out["spearman_gain"] >= SPEARMAN_GAIN and out["ause_ratio"] <= AUSE_RATIO)
     out["reliability"] = reliability(predicted_blocks, error_blocks)

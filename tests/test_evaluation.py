@@ -53,3 +53,20 @@ def test_noisier_copy_adds_the_given_noise_reproducibly():
     louder = ev.noisier_copy(image, 6.0, seed=3)
     assert louder.dtype == np.uint8 and np.array_equal(louder, ev.noisier_copy(image, 6.0, seed=3))
     assert (louder.astype(float) - 120).std() == pytest.approx(6.0, rel=0.05)
+
+
+def test_spearman_gap_interval_holds_a_real_gain_and_ties_equal_maps():
+    rng = np.random.default_rng(4)
+    sigma = rng.uniform(1, 10, 500)
+    err = np.abs(rng.normal(0, sigma))
+    sharp, blurred = sigma, sigma + rng.normal(0, 4, 500)  # the second predicts the error less well
+    gap = ev.spearman_gap(sharp, err, blurred, err)
+    assert gap["gap"] == pytest.approx(ev.spearman(sharp, err) - ev.spearman(blurred, err), abs=1e-3)
+    assert 0 < gap["ci95"][0] < gap["gap"] < gap["ci95"][1]
+    other = sigma + rng.normal(0, 4, 500)
+    tie = ev.spearman_gap(other, err, blurred, err)
+    assert tie["ci95"][0] < 0 < tie["ci95"][1]
+    # judged against proxies, the gain over the better one comes with its interval
+    judged = ev.judge_predicted_error(sharp, err, {"weak": rng.uniform(size=500), "blurred": blurred})
+    assert judged["spearman_gain"] == pytest.approx(gap["gap"], abs=2e-3)
+    assert judged["spearman_gain_ci95"] == gap["ci95"]
