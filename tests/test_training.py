@@ -33,6 +33,12 @@ def tiny_card(dropout: float = 0.0) -> dict:
     return card
 
 
+def test_a_new_model_draws_the_samples_its_uncalibrated_map_needs():
+    # the map of a model of one's own reads the aleatoric head; without one, the spread of 2 samples
+    assert new_card("denoise", "tiny")["diffusion"]["samples"] == 1
+    assert new_card("denoise", "tiny", aleatoric=False)["diffusion"]["samples"] == 2
+
+
 def trainer(data, run_dir, card=None, **config) -> Trainer:
     cfg = dict(steps=6, batch_size=2, lr=1e-3, warmup=2, val_every=3, checkpoint_every=100,
                device="cpu", val_batch=2, seed=0)

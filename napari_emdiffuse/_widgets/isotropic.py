@@ -40,7 +40,8 @@ class IsotropicWidget(Container):
                               tooltip="an anisotropic (Z, Y, X) stack; the slices between acquired ones are generated")
         self.model = ModelPicker(self.settings)
         self.z_factor = default_spin("z-factor", 64, "output slices per acquired slice spacing (the model's by default)")
-        self.samples = default_spin("samples", 64, "diffusion samples per voxel; 2 or more give the uncertainty")
+        self.samples = default_spin("samples", 64, "diffusion samples per voxel; 2 or more also give their spread "
+                                    "(the predicted error needs one where the model has an aleatoric head)")
         self.steps = default_spin("steps", 1000, "sampler steps per sample")
         self.ensemble = default_spin("ensemble", 8, "views of each gap averaged: lateral rotations and both z "
                                              "directions (better, one network evaluation each)")

@@ -48,7 +48,8 @@ class RestoreWidget(Container):
         self.store = store_field("layers")
         self.task = ComboBox(label="task", choices=lambda _w: task_choices("restore"))
         self.model = ModelPicker(self.settings)
-        self.samples = default_spin("samples", 64, "diffusion samples per pixel; 2 or more give the uncertainty")
+        self.samples = default_spin("samples", 64, "diffusion samples per pixel; 2 or more also give their spread "
+                                    "(the predicted error needs one where the model has an aleatoric head)")
         self.steps = default_spin("steps", 1000, "sampler steps per sample")
         self.sampler = ComboBox(label="sampler", choices=lambda _w: list(self.env.samplers))
         self.estimate = ComboBox(label="estimate", choices=[MODEL_DEFAULT, *ESTIMATE_HELP],

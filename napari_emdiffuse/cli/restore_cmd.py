@@ -51,7 +51,7 @@ def add_restore_arguments(parser: argparse.ArgumentParser, task: Task) -> None:
                         help="bundled preset (see `emdiffuse models`), model card, run folder or "
                              f"EMDiffuse *_Network.pth checkpoint (default: {task.default_model})")
     parser.add_argument("--samples", type=positive_int, metavar="K",
-                        help="diffusion samples to average; 2 or more also give the uncertainty (default: the model card's)")
+                        help="diffusion samples to average; 2 or more also write OUTPUT_std, their spread (default: the model card's)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="sampler steps (default: the model card's)")
     parser.add_argument("--sampler", metavar="NAME", help="ddpm, ddim, dpmpp_2m, heun, ... (default: the model card's)")
     parser.add_argument("--tile", type=positive_int, metavar="T", help="tile size in pixels (default: the model card's)")

@@ -29,7 +29,7 @@ SUGGESTED = {
 
 # x0-prediction with an aleatoric head: few-step sampling and a per-pixel variance (as the demo).
 NEW_MODEL_DIFFUSION = {"parameterization": "x0", "clip": [-1.5, 1.5], "sigma_min": 0.002, "sigma_max": 80.0,
-                       "sampler": "dpmpp_2m", "grid": "karras", "steps": 4, "samples": 2}
+                       "sampler": "dpmpp_2m", "grid": "karras", "steps": 4}
 
 def network_card(preset: str, condition_channels: int = 1, slice_embedding: bool = False,
                  aleatoric: bool = True, dims: int = 2) -> dict:
@@ -48,6 +48,7 @@ def new_card(task: str, preset: str = "tiny", name: str | None = None, condition
         "task": task,
         "description": f"EMDiffuse-style {get_task(task).trained_description or task} ({preset} size)",
         "network": network_card(preset, condition_channels, slice_embedding, aleatoric),
-        "diffusion": copy.deepcopy(NEW_MODEL_DIFFUSION),
+        # an uncalibrated map reads the aleatoric head where there is one, else the spread of 2 samples
+        "diffusion": {**copy.deepcopy(NEW_MODEL_DIFFUSION), "samples": 1 if aleatoric else 2},
         "normalization": {"low": 0.1, "high": 99.9},
     }
