@@ -1,0 +1,150 @@
+"""Candidate signs that the SEM denoiser faces an input it fails on, screened on development data:
+whether any of them tells FIB-SEM with SEM-like noise (the one foreign input the card's validation
+check misses, docs/benchmarks.md) from SEM of the model's own acquisition.
+
+    OMP_NUM_THREADS=1 python benchmarks/foreign_screen.py
+
+Development data only: the SEM pair's val and train rows (as acquired, noisier, other contrast, 2x
+binned), ssTEM val sections and FlyEM FIB-SEM *training* slices (of the isotropic preset). The
+foreign-modality figures of `denoise_quality.py` use other slices (its OTHER_MODALITIES); none of
+them is read here. "fails" is the model's PSNR against a Gaussian filter (sigma 0.9, tuned on the
+SEM val rows) on the known clean image. Candidates, each printed per input:
+
+* structure_removed: correlation of what restoring removed (input minus the output affine-matched
+  to it, smoothed 1 px) with the output's detail (difference of Gaussians, 1 and 3 px). Removed
+  noise is uncorrelated with detail; removed structure is not.
+* structure_scale: lag-4 autocorrelation of the output (size of its structures in pixels).
+* recorrupted_db: a ground-truth-free estimate of the model's margin over the Gaussian filter:
+  y1 = y + z and y2 = y - z with z drawn from the acquisition's noise model (fitted on the train
+  rows); where z has the input noise's covariance, the error of a restoration of y1 against y2 is
+  its error against the truth plus a constant shared by both restorations.
+* feature_distance: how far the network's own view of the input lies from the SEM it was trained
+  on (`napari_emdiffuse.familiarity`, adopted as the validation check's fourth criterion): the
+  UNet's middle-block activations, averaged over each 96 x 96 crop, as a z-score against 80 random
+  crops of the train rows (RMS over channels; the median over the input's crops). Last, its cost
+  on the whole sample image next to the restore's.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import tifffile
+import torch
+from scipy.ndimage import gaussian_filter
+
+from _common import REPO, header
+from napari_emdiffuse import evaluation as ev
+from napari_emdiffuse import familiarity
+from napari_emdiffuse.engine import fit_normalizer
+from napari_emdiffuse.api import restore
+from napari_emdiffuse.loading import load_model
+from napari_emdiffuse.sample_data import load_pair
+
+GAUSSIAN_SIGMA = 0.9  # denoise_quality.py's val-tuned sigma for the 4 us input
+DEVELOPMENT_FOREIGN = {  # (file, slices): none of these is in OTHER_MODALITIES
+    "ssTEM val sections": ("weights/data/sstem_isbi2012_val.tif", [0, 5]),
+    "FIB-SEM train slices": ("weights/data/fibsem_flyem_train.tif", [8, 24, 40, 56]),
+    "FIB-SEM train2 slices": ("weights/data/fibsem_flyem_train2.tif", [10, 50]),
+}
+
+
+def planes(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64).reshape(-1, *np.shape(image)[-2:])
+
+
+def gaussian(image) -> np.ndarray:
+    return np.stack([gaussian_filter(p, GAUSSIAN_SIGMA) for p in planes(image)])
+
+
+def correlation(a, b) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
+
+
+def structure_removed(image, output) -> float:
+    removed = np.stack([gaussian_filter(i - ev.affine_match(o, i), 1.0) for i, o in zip(planes(image), planes(output))])
+    detail = np.stack([gaussian_filter(o, 1.0) - gaussian_filter(o, 3.0) for o in planes(output)])
+    return correlation(removed, detail)
+
+
+def structure_scale(output, lag: int = 4) -> float:
+    num = den = 0.0
+    for p in planes(output):
+        p = p - p.mean()
+        num += (p[lag:] * p[:-lag]).mean() + (p[:, lag:] * p[:, :-lag]).mean()
+        den += 2 * (p * p).mean()
+    return num / den
+
+
+def recorrupted_db(model, image, noise: dict, noise_span: float, seed: int = 11) -> float:
+    """10 log10 of the Gaussian filter's over the model's error against y - z (positive: the model
+    is estimated to be better)."""
+    y = planes(image)
+    lo, hi = np.percentile(y, [0.1, 99.9])
+    scale = (hi - lo) / noise_span  # the noise model in this image's intensity units
+    level = gaussian_filter(y, (0, 1, 1)) / scale
+    std = np.sqrt(np.clip(noise["var_intercept"] + noise["var_slope"] * level, 1e-6, None)) * scale
+    z = std * ev.correlated_noise(y.shape, noise, np.random.default_rng(seed))
+    y1, y2 = y + z, y - z
+    output = planes(restore(y1.reshape(np.shape(image)).astype(np.float32), model, device="cpu", seed=0).mean)
+    model_err = ((ev.affine_match(output, y2) - y2) ** 2).mean()
+    filter_err = ((ev.affine_match(gaussian(y1), y2) - y2) ** 2).mean()
+    return float(10 * np.log10(filter_err / model_err))
+
+
+def feature_distance(model, image, features: dict) -> float | None:
+    planes = fit_normalizer(image, model)(image).reshape(-1, *np.shape(image)[-2:])
+    return familiarity.input_distance(model, lambda z: planes[z], len(planes), features)
+
+
+def cases(noisy_full, clean_full, noise: dict, noise_span: float) -> dict:
+    val, train = ev.rows_of("demo-denoise", "val"), ev.rows_of("demo-denoise", "train")
+    vn, vc = noisy_full[val], clean_full[val]
+    tn, tc = noisy_full[train], clean_full[train]
+    h, w = tn.shape[0] // 2 * 2, tn.shape[1] // 2 * 2
+    out = {"SEM val rows": (vn, vc), "SEM val, noisier": (ev.noisier_copy(vn, noise["std"], seed=1), vc),
+           "SEM train rows": (tn, tc), "SEM val, gamma 0.7": (np.clip(255 * (vn / 255.0) ** 0.7, 0, 255).astype(np.uint8), vc),
+           "SEM train rows, 2x binned": (tn[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3)).astype(np.uint8),
+                                         tc[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3)))}
+    rng = np.random.default_rng(5)
+    for name, (path, slices) in DEVELOPMENT_FOREIGN.items():
+        clean = tifffile.imread(REPO / path)[slices]
+        lo, hi = np.percentile(clean, [0.1, 99.9])
+        std = noise["std"] / noise_span * (hi - lo)  # as strong, relative to the span, as the 4 us image's
+        noised = np.clip(np.rint(clean + std * ev.correlated_noise(clean.shape, noise, rng)), 0, 255).astype(np.uint8)
+        out[name] = (clean, clean)
+        out[name + ", SEM-like noise"] = (noised, clean)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    header("candidate signs of failure on development data (never the foreign-modality test slices)")
+    noisy_full, clean_full = load_pair()
+    train = ev.rows_of("demo-denoise", "train")
+    noise = ev.noise_model(noisy_full[train], clean_full[train])
+    lo, hi = np.percentile(noisy_full[train], [0.1, 99.9])
+    model = load_model("demo-denoise")
+    features = familiarity.reference(model, fit_normalizer(noisy_full[train], model)(noisy_full[train]))
+    for name, (image, clean) in cases(noisy_full, clean_full, noise, hi - lo).items():
+        output = restore(image, model, device="cpu", seed=0).mean
+        row = {"input": name,
+               "model_minus_gaussian_db": round(ev.psnr(output, clean) - ev.psnr(gaussian(image).reshape(np.shape(image)), clean), 2),
+               "structure_removed": round(structure_removed(image, output), 3),
+               "structure_scale": round(structure_scale(output), 3),
+               "recorrupted_db": round(recorrupted_db(model, image, noise, hi - lo), 3),
+               "feature_distance": round(feature_distance(model, image, features) or float("nan"), 3)}
+        print(json.dumps(row), flush=True)
+    t0 = time.perf_counter()
+    feature_distance(model, noisy_full, features)
+    screen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    restore(noisy_full, model, device="cpu", seed=0)
+    print(f"# cost on the whole {noisy_full.shape[0]} x {noisy_full.shape[1]} sample image: screen {screen:.2f} s, "
+          f"restore at the card's settings {time.perf_counter() - t0:.2f} s (the restore includes the screen)")
+
+
+if __name__ == "__main__":
+    main()
