@@ -32,8 +32,6 @@ import yaml
 from scipy.ndimage import gaussian_filter
 
 from napari_emdiffuse import evaluation as ev
-from napari_emdiffuse import familiarity
-from napari_emdiffuse.engine import fit_normalizer
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.api import restore
 from napari_emdiffuse.sample_data import load_pair
@@ -102,27 +100,16 @@ def score_test(res, noisy, reference, sigmas: dict, peak=None) -> dict:
     return out
 
 
-def judge(model, res, noisy, reference, unc: dict) -> dict:
+def judge(res, noisy, reference, unc: dict) -> dict:
     pe = predicted_error(res.std, res.aleatoric, unc["predicted_error"])
     predicted = ev.block_rms(pe)
     flagged = predicted * 2 / span_of(res) > unc["threshold"]
     errors = ev.block_rmse(res.mean, reference)
     near = proxies(noisy, res.mean)
     out = ev.judge_predicted_error(predicted, errors, near, flagged)
-    out["validation_check"] = validation_check(pe, span_of(res), unc, noisy, res.mean,
-                                               feature_distance(model, noisy, unc))
+    out["validation_check"] = validation_check(pe, span_of(res), unc, noisy, res.mean)
     BLOCKS[len(BLOCKS)] = {"predicted": predicted, "error": errors, **{f"proxy_{i}": v for i, v in enumerate(near.values())}}
     return out
-
-
-def feature_distance(model, image, unc: dict) -> float | None:
-    """As the engine screens an input (normalised as a whole): :func:`familiarity.input_distance`."""
-    features = unc.get("validated", {}).get("features")
-    if features is None:
-        return None
-    normalised = fit_normalizer(image, model)(image)
-    planes = normalised.reshape(-1, *normalised.shape[-2:])
-    return familiarity.input_distance(model, lambda z: planes[z], len(planes), features)
 
 
 def verdict(margin: dict) -> str:
@@ -130,9 +117,8 @@ def verdict(margin: dict) -> str:
 
 
 # ---- the parts -------------------------------------------------------------------------------------
-def validation(model, val, settings, train_noisy) -> tuple[dict, dict, dict]:
-    """Baseline sigmas (as acquired and noisier) and the uncertainty calibration, on val only (the
-    feature reference of the familiarity screen from the train rows, its limit from val)."""
+def validation(model, val, settings) -> tuple[dict, dict, dict]:
+    """Baseline sigmas (as acquired and noisier) and the uncertainty calibration, on val only."""
     noisy, clean, noise_std = val
     sigmas = {"as_acquired": tune(noisy, clean), "noisier": tune(ev.noisier_copy(noisy, noise_std, seed=1), clean)}
     res = run(model, noisy, **settings)
@@ -150,12 +136,7 @@ def validation(model, val, settings, train_noisy) -> tuple[dict, dict, dict]:
                "noisier": removed_fraction(louder_input, louder.mean, span_of(louder))}
     unc["validated"].update(removed={k: round(v, 4) for k, v in removed.items()},
                             removed_limit=round(max(removed.values()) * VALIDATED_MARGIN, 4))
-    features = familiarity.reference(model, fit_normalizer(train_noisy, model)(train_noisy))
-    unc["validated"]["features"] = features
-    distances = {"as_acquired": feature_distance(model, noisy, unc), "noisier": feature_distance(model, louder_input, unc)}
-    features.update(distance={k: round(v, 3) for k, v in distances.items()},
-                    limit=round(max(distances.values()) * VALIDATED_MARGIN, 3))
-    print("val uncertainty", json.dumps({k: v for k, v in unc.items() if k != "candidates"})[:2000], flush=True)
+    print("val uncertainty", json.dumps({k: v for k, v in unc.items() if k != "candidates"}), flush=True)
     val_scores = {"model": ev.scores(res.mean, clean), "seconds": res.info["wall_seconds"]}
     return sigmas, unc, val_scores
 
@@ -187,8 +168,7 @@ def other_modalities(model, settings, unc: dict, noise: dict, noise_span: float,
                 "margin_over_gaussian": margin, "fails": bool(margin["ci95"][1] < 0),
                 "rms_error": round(measured, 3), "rms_predicted": round(predicted, 3),
                 "under_reports": bool(measured > predicted * (1 + ev.CALIBRATION_TOLERANCE)),
-                "validation_check": validation_check(pe, span_of(res), unc, image, res.mean,
-                                                     feature_distance(model, image, unc))}
+                "validation_check": validation_check(pe, span_of(res), unc, image, res.mean)}
         out[name] = entry
         print("other modality", name, json.dumps(entry), flush=True)
     return out
@@ -225,7 +205,7 @@ def evaluate(args) -> dict:
     model = load_model(args.model)
     settings = {k: getattr(args, k) for k in ("steps", "samples", "ensemble", "estimate") if getattr(args, k) is not None}
     val = (noisy_full[split["val"]], clean_full[split["val"]], noise["std"])
-    sigmas, unc, val_scores = validation(model, val, settings, noisy_full[split["train"]])
+    sigmas, unc, val_scores = validation(model, val, settings)
 
     noisy, clean = noisy_full[split["test"]], clean_full[split["test"]]
     louder = ev.noisier_copy(noisy, noise["std"], seed=0)
@@ -239,7 +219,7 @@ def evaluate(args) -> dict:
                                                 ("synthetic", synthetic, truth, 255.0, "as_acquired")):
         res = run(model, image, **settings)
         entry = score_test(res, image, reference, sigmas[tuned], peak)
-        entry["uncertainty"] = judge(model, res, image, reference, unc)
+        entry["uncertainty"] = judge(res, image, reference, unc)
         entry["settings"] = {k: res.info[k] for k in ("samples", "steps", "sampler", "estimate", "ensemble")}
         entry["seconds"] = res.info["wall_seconds"]
         report[name] = entry
@@ -300,7 +280,7 @@ def update_card(report: dict) -> Path:
                             "settings": entry["settings"], "seconds": entry["seconds"]}
     evaluation["command"] = "python benchmarks/denoise_quality.py --update-card"
     card["evaluation"] = evaluation
-    path.write_text(yaml.safe_dump(card, sort_keys=False, default_flow_style=None, width=100))
+    path.write_text(yaml.safe_dump(card, sort_keys=False))
     return path
 
 

@@ -176,21 +176,6 @@ class PredictedError(_Section):
     fallback: Optional["PredictedError"] = None
 
 
-class Features(_Section):
-    """The network's middle-block features of its training data (napari_emdiffuse.familiarity)."""
-
-    mean: list[float]
-    std: list[PositiveFloat]
-    limit: PositiveFloat  # the feature distance beyond which an input is unvalidated
-    distance: Optional[dict[str, float]] = None  # on the validation inputs: recorded, not checked
-
-    @model_validator(mode="after")
-    def _one_value_per_channel(self):
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"features.mean has {len(self.mean)} values and features.std {len(self.std)}: one per channel each")
-        return self
-
-
 class Validated(_Section):
     """What inputs the model was validated on (uncertainty.validation_check)."""
 
@@ -201,7 +186,6 @@ class Validated(_Section):
     removed: Optional[dict[str, float]] = None  # uncertainty.removed_fraction on the validation inputs
     removed_limit: Optional[PositiveFloat] = None
     tolerance: Optional[PositiveFloat] = None
-    features: Optional[Features] = None
 
 
 class Uncertainty(_Section):

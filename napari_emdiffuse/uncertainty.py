@@ -122,12 +122,10 @@ def mask_field(card_uncertainty: dict | None, spread: bool) -> str:
 
 
 # ---- inputs beyond what the model was validated on -------------------------------------------------
-# Signs that an input is unlike the model's validation data (e.g. another modality): the model finds
-# it harder (the map's relative error above the card's limit); what a denoiser removed does not look
-# like the noise it was validated on (lag-1 correlations of input - output, compared with the card's)
-# or is more than it removed from any validation input; the network's own features of the input lie
-# far from its training data's (napari_emdiffuse.familiarity). The last three only for tasks whose
-# output is on the input's grid.
+# Two cheap signs that an input is unlike the model's validation data (e.g. another modality): the
+# model finds it harder (the map's relative error above the card's limit), or what a denoiser
+# removed does not look like the noise it was validated on (lag-1 correlations of input - output,
+# compared with the card's; only for tasks whose output is on the input's grid).
 CORRELATION_TOLERANCE = 0.1
 
 
@@ -159,15 +157,13 @@ def removed_fraction(image, restored, span: float) -> float:
     return float(np.sqrt((resid ** 2).mean()) * 2 / span) if resid.size else 0.0
 
 
-def validation_check(predicted, span: float, card_uncertainty: dict | None, image=None, restored=None,
-                     feature_distance: float | None = None) -> dict | None:
+def validation_check(predicted, span: float, card_uncertainty: dict | None, image=None, restored=None) -> dict | None:
     """Whether an input lies beyond what the model was validated on (the card's
     ``uncertainty.validated``): ``beyond`` is True when the map's :func:`relative_error` exceeds
     ``limit`` (the hardest validation input, e.g. a noisier copy, with a margin) or, given the
     input and the restored image on the same grid, when :func:`residual_correlation` differs from
     the card's ``residual_correlation`` by more than its ``tolerance`` or :func:`removed_fraction`
-    exceeds ``removed_limit``, or when ``feature_distance`` (:func:`napari_emdiffuse.familiarity.distance`)
-    exceeds the card's ``features.limit``; ``why`` says which. Such a
+    exceeds ``removed_limit``; ``why`` says which. Such a
     result, e.g. an image of another modality, is unvalidated whatever its map says. None when
     the card states no limit."""
     validated = (card_uncertainty or {}).get("validated") or {}
@@ -192,12 +188,5 @@ def validation_check(predicted, span: float, card_uncertainty: dict | None, imag
             out["why"].append(f"what it removed is {out['removed'] / 2:.1%} of the intensity span (RMS), more than from any "
                               f"validation input ({float(removed_limit) / 2:.1%} with the margin): a much noisier "
                               f"input, or structure taken away")
-    features = validated.get("features")
-    if features is not None and feature_distance is not None:
-        out["feature_distance"] = round(float(feature_distance), 3)
-        if feature_distance > float(features["limit"]):
-            out["why"].append(f"the network sees structure unlike its training data's (feature distance "
-                              f"{feature_distance:.2f}, validated up to {float(features['limit']):.2f}): "
-                              f"another modality, scale or preparation")
     out["beyond"] = bool(out["why"])
     return out

@@ -146,13 +146,3 @@ def test_synthetic_pair_has_the_measured_noise():
     resid = noisy - truth
     expected = np.sqrt(np.mean(40.0 - 0.1 * truth))
     assert resid.std() == pytest.approx(expected, rel=0.05)
-
-
-def test_validation_check_flags_features_unlike_the_training_data():
-    predicted = np.full((64, 64), 5.0)
-    card = {"validated": {"limit": 0.12, "features": {"mean": [0.0], "std": [1.0], "limit": 1.2}}}
-    familiar = validation_check(predicted, 100.0, card, feature_distance=0.9)
-    assert familiar["beyond"] is False and familiar["feature_distance"] == pytest.approx(0.9)
-    unlike = validation_check(predicted, 100.0, card, feature_distance=2.5)
-    assert unlike["beyond"] and "unlike its training data" in unlike["why"][0]
-    assert "feature_distance" not in validation_check(predicted, 100.0, card)  # not computed: not judged

@@ -9,7 +9,6 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .. import familiarity
 from ..device import resolve_device
 from ..normalize import Normalizer, to_dtype
 from ..requests import SamplingOptions
@@ -98,11 +97,6 @@ def run(task: Task, model, image, options: SamplingOptions | None = None, *, par
     read = PlaneReader(image, normalizer)
     counter = Counter(progress)
     lateral = (origin[1] * geometry.scale, origin[2] * geometry.scale)
-    features = (model.uncertainty.get("validated") or {}).get("features")
-    on_input_grid = task.unit_is_plane and geometry.scale == 1  # residuals of a denoiser-like task
-    feature_distance = None  # how familiar the whole input looks to the network: screened once
-    if features and on_input_grid:
-        feature_distance = familiarity.input_distance(model, read, image.shape[0] if image.ndim == 3 else 1, features)
     for index in todo:
         t0 = time.perf_counter()
         unit = task.unit(model, read, index, geometry, settings.samples, origin[0])
@@ -117,10 +111,10 @@ def run(task: Task, model, image, options: SamplingOptions | None = None, *, par
                                         cancel=cancel) for v in views[1:]]
             sampled.first = np.mean(estimates, axis=0)
         result = summarize(task, sampled, settings, normalizer, image.dtype, thr, model.uncertainty)
+        on_input_grid = task.unit_is_plane and geometry.scale == 1  # residuals of a denoiser-like task
         result.info["validation"] = validation_check(
             result.uncertainty, normalizer.hi - normalizer.lo, model.uncertainty,
-            normalizer.inverse(read(index)) if on_input_grid else None, result.mean if on_input_grid else None,
-            feature_distance)
+            normalizer.inverse(read(index)) if on_input_grid else None, result.mean if on_input_grid else None)
         result.info.update(task.info(model, index, geometry), seconds=time.perf_counter() - t0, device=str(device),
                            samples=settings.samples, steps=settings.steps_run, sampler=settings.sampler,
                            estimate=settings.estimate, ensemble=len(views), evaluations=settings.evaluations,
