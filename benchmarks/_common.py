@@ -143,6 +143,11 @@ def load_note() -> str:
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
 
 
+def evaluations_per_tile(info: dict) -> int:
+    """Network evaluations per tile of a restore (its ``info``): every sample's steps, then one per extra view."""
+    return int(info["evaluations"]) * int(info["samples"]) + int(info.get("ensemble") or 1) - 1
+
+
 def header(title: str) -> None:
     print(f"# {title}\n# {time.strftime('%Y-%m-%d %H:%M')} | {machine()} | {load_note()}", flush=True)
 

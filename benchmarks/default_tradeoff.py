@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import REPO, header, load_demo, load_note, split_region
+from _common import REPO, evaluations_per_tile, header, load_demo, load_note, split_region
 from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.api import restore
 from napari_emdiffuse.uncertainty import calibration_for, predicted_error, relative_error
@@ -38,11 +38,6 @@ DEMO_SETTINGS = [(1, 1, 1), (1, 1, 2), (1, 1, 4), (1, 1, 8), (2, 4, 4), (2, 4, 1
 TASK_SETTINGS = [(1, 4), (2, 4), (1, 2), (1, 8)]
 # The training script that builds each task preset's val region (weights/).
 TRAINING_SCRIPTS = {"superres-sstem": "train_superres", "isotropic-fibsem": "train_isotropic"}
-
-
-def evaluations_per_tile(res) -> int:
-    """Network evaluations per tile: the sampler's for every sample, plus one per extra view."""
-    return res.info["evaluations"] * res.info["samples"] + (res.info.get("ensemble") or 1) - 1
 
 
 def rankings(res, noisy, clean) -> dict:
@@ -84,7 +79,7 @@ def demo_table(model_source: str | None) -> tuple[dict, list]:
     for samples, steps, ensemble in DEMO_SETTINGS:
         t0 = time.perf_counter()
         res = restore(noisy, model, device="cpu", seed=0, samples=samples, steps=steps, ensemble=ensemble)
-        row = {"samples": samples, "steps": steps, "ensemble": ensemble, "evaluations_per_tile": evaluations_per_tile(res),
+        row = {"samples": samples, "steps": steps, "ensemble": ensemble, "evaluations_per_tile": evaluations_per_tile(res.info),
                "seconds": round(time.perf_counter() - t0, 1), **rankings(res, noisy, clean)}
         table.append(row)
         print(json.dumps(row), flush=True)
@@ -107,7 +102,7 @@ def task_table(preset: str, model_source: str | None) -> tuple[dict, list]:
         t0 = time.perf_counter()
         res = restore(region.input, model, task=task, device="cpu", seed=0, samples=samples, steps=steps)
         row = {"samples": samples, "steps": steps, "ensemble": res.info.get("ensemble"),
-               "evaluations_per_tile": evaluations_per_tile(res), "seconds": round(time.perf_counter() - t0, 1),
+               "evaluations_per_tile": evaluations_per_tile(res.info), "seconds": round(time.perf_counter() - t0, 1),
                **card_map_scores(res, region, card_uncertainty)}
         table.append(row)
         print(json.dumps(row), flush=True)

@@ -152,9 +152,7 @@ def other_modalities(model, settings, unc: dict, noise: dict, noise_span: float,
     rng = np.random.default_rng(2)
     for name, (path, slices) in OTHER_MODALITIES.items():
         clean = tifffile.imread(REPO / path)[slices]
-        lo, hi = np.percentile(clean, [0.1, 99.9])
-        std = noise["std"] / noise_span * (hi - lo)
-        noised = np.clip(np.rint(clean + std * ev.correlated_noise(clean.shape, noise, rng)), 0, 255).astype(np.uint8)
+        noised, std = ev.sem_like_noise(clean, noise, noise_span, rng)
         entry = {"file": f"{path} slices {slices}", "noise_std_added": round(float(std), 2)}
         for variant, image in (("as_given", clean), ("with_sem_noise", noised)):
             res = run(model, image, **settings)

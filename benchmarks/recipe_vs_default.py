@@ -38,19 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (count_flops, device_peak, draw_samples, forward_seconds, grid_settings, header, load_demo,
-                     load_note, machine, precision_note, recipe_samples, recipe_settings, span, split_region, sync)
+from _common import (count_flops, device_peak, draw_samples, evaluations_per_tile, forward_seconds, grid_settings,
+                     header, load_demo, load_note, machine, precision_note, recipe_samples, recipe_settings, span, split_region, sync)
 from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.device import resolve_device
 from napari_emdiffuse.api import restore
 from napari_emdiffuse.uncertainty import calibration_for, gaussian_smooth, predicted_error
 
 TARGET_RATIO, PSNR_SLACK_DB = 300.0, 0.2
-
-
-def evaluations_per_tile(info: dict) -> int:
-    """Network evaluations per tile of the default: every sample's steps, then one per extra view."""
-    return int(info["evaluations"]) * int(info["samples"]) + int(info.get("ensemble", 1)) - 1
 
 
 def quality(model, noisy, clean, device, recipe_precision: str, precision: str | None = None) -> dict:

@@ -70,3 +70,13 @@ def test_spearman_gap_interval_holds_a_real_gain_and_ties_equal_maps():
     judged = ev.judge_predicted_error(sharp, err, {"weak": rng.uniform(size=500), "blurred": blurred})
     assert judged["spearman_gain"] == pytest.approx(gap["gap"], abs=2e-3)
     assert judged["spearman_gain_ci95"] == gap["ci95"]
+
+
+def test_sem_like_noise_is_as_strong_relative_to_the_span():
+    rng = np.random.default_rng(5)
+    image = np.tile(np.linspace(40, 200, 256), (256, 1)).astype(np.uint8)
+    model = {"std": 6.0, "rho_y": 0.3, "rho_x": 0.2}
+    noised, std = ev.sem_like_noise(image, model, model_span=120.0, rng=rng)
+    lo, hi = np.percentile(image, [0.1, 99.9])
+    assert std == pytest.approx(6.0 / 120.0 * (hi - lo))
+    assert noised.dtype == np.uint8 and (noised.astype(float) - image).std() == pytest.approx(std, rel=0.05)

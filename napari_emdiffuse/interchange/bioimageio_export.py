@@ -43,7 +43,7 @@ from ..model import RestorationModel
 from ..tasks.isotropic import resolve_z_factor
 from ..tasks.superres import bin_mean
 from . import posterior_mean
-from .bioimageio_readme import EMDIFFUSE_CITATION, INPUT_ID, OUTPUT_ID, _sample_words, documentation
+from .bioimageio_readme import EMDIFFUSE_CITATION, INPUT_ID, OUTPUT_ID, documentation, sample_words
 from .posterior_mean import PosteriorMeanNetwork
 
 ARCHITECTURE_FILE = "emdiffuse_posterior_mean.py"
@@ -114,7 +114,7 @@ def plan_export(model: RestorationModel, *, name: str | None = None, license: st
     plan = ExportPlan(model, _package_name(name or model.name), spdx, given, kwargs, scale, f,
                       int(model.network.downsample_factor))
     plan.test_image = _test_crop(plan, sample_image(plan) if test_image is None else test_image)
-    plan.test_source = (_sample_words(plan) if test_image is None else
+    plan.test_source = (sample_words(plan) if test_image is None else
                         f"a central crop of {Path(test_image).name if isinstance(test_image, (str, os.PathLike)) else 'an image'} "
                         "given at export")
     return plan

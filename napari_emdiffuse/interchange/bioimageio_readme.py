@@ -124,7 +124,7 @@ def _source_words(model: RestorationModel) -> str:
     return f"the EMDiffuse checkpoint `{where}`" if fmt == "emdiffuse" else f"the model `{model.name}` ({where})"
 
 
-def _sample_words(plan: ExportPlan) -> str:
+def sample_words(plan: ExportPlan) -> str:
     return "a real EM crop from the napari-emdiffuse sample data (" + {
         "denoise": "rows 576-767, columns 256-511 of the 4 us dwell SEM image of mouse cortex, EMDiffuse dataset",
         "superres": "the 2x2 binning of a 256 x 256 crop of ISBI 2012 ssTEM, Drosophila larva VNC",
