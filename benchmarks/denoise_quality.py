@@ -2,7 +2,7 @@
 tuned and calibrated on the validation rows of the real SEM pair, scored once on its test rows.
 
     python benchmarks/denoise_quality.py [--model demo-denoise] [--update-card]
-    python benchmarks/denoise_quality.py --select build/demo-denoise-run      # checkpoints, on val
+    python benchmarks/denoise_quality.py --select build/demo-denoise-run      # checkpoints, on val (PSNR, the map)
 
 Regions (``SPLITS["demo-denoise"]``): one 768 x 768 pair (4 us / 36 us dwell) is all there is, so
 it is split into row bands 16 px apart: train rows 288-767, val rows 176-271, test rows 0-159.
@@ -235,25 +235,40 @@ def evaluate(args) -> dict:
     return report
 
 
+def val_map(res, noisy, clean) -> dict:
+    """The predicted-error map a card would get from these val rows (calibrated on them, as
+    :func:`validation` does): its Spearman and its gain over the better gradient proxy."""
+    errors = ev.block_rmse(res.mean, clean)
+    unc = ev.calibrate_uncertainty(res.std, res.aleatoric, errors, span_of(res))
+    judged = ev.judge_predicted_error(ev.block_rms(predicted_error(res.std, res.aleatoric, unc["predicted_error"])),
+                                      errors, proxies(noisy, res.mean))
+    return {"map_spearman": judged["spearman"], "map_gain": judged["spearman_gain"],
+            "map_gain_ci95": judged["spearman_gain_ci95"]}
+
+
 def select(args) -> None:
-    """Score a run's EMA snapshots (and its final weights) on the val rows at the card's settings:
-    the checkpoint to export is chosen here, never on test."""
+    """Score a run's EMA snapshots (and its final weights) on the val rows at the card's settings,
+    with the bundled model as the first row: PSNR / SSIM and the map's ranking. The checkpoint to
+    export is chosen here (by PSNR), never on test."""
     noisy_full, clean_full = load_pair()
     rows = ev.rows_of(PRESET, "val")
     noisy, clean = noisy_full[rows], clean_full[rows]
     run_dir = Path(args.select)
-    folders = sorted((run_dir / "snapshots").glob("step*")) + [run_dir]
+    folders = [PRESET] + sorted(str(f) for f in (run_dir / "snapshots").glob("step*")) + [str(run_dir)]
     card = yaml.safe_load((REPO / "models" / f"{PRESET}.yaml").read_text())["diffusion"]
     settings = {k: card[k] for k in ("steps", "samples", "estimate", "ensemble") if k in card}
-    rows_out = []
+    rows_out, bundled = [], None
     for folder in folders:
-        model = load_model(str(folder))
+        model = load_model(folder)
         res = restore(noisy, model, device="cpu", seed=0, **settings)
+        bundled = res.mean if bundled is None else bundled
         t = model.card.get("training", {})
-        rows_out.append({"run": str(folder), "step": t.get("step"), "cpu_seconds": t.get("cpu_seconds"),
-                         **ev.scores(res.mean, clean)})
+        margin = ev.psnr_margin(res.mean, bundled, clean)
+        rows_out.append({"run": folder, "step": t.get("step"), "cpu_seconds": t.get("cpu_seconds"),
+                         **ev.scores(res.mean, clean), "over_bundled_db": margin["margin_db"],
+                         "over_bundled_ci95": margin["ci95"], **val_map(res, noisy, clean)})
         print(json.dumps(rows_out[-1]), flush=True)
-    best = max(rows_out, key=lambda r: r["psnr"])
+    best = max(rows_out[1:], key=lambda r: r["psnr"])
     print("best on val:", json.dumps(best))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"settings": settings, "checkpoints": rows_out, "best": best}, indent=1))
