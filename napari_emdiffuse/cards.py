@@ -182,7 +182,7 @@ class Validated(_Section):
     limit: Optional[PositiveFloat] = None  # the RMS predicted error ([-1, 1] units) beyond which an input is unvalidated
     relative_error: Optional[dict[str, float]] = None
     residual_correlation: Optional[list[float]] = None
-    residual_correlation_noisier: Optional[list[float]] = None  # on the noisier validation copy: recorded, not checked
+    residual_correlation_noisier: Optional[list[float]] = None  # on the noisier validation copy: mixtures of the two pass
     removed: Optional[dict[str, float]] = None  # uncertainty.removed_fraction on the validation inputs
     removed_limit: Optional[PositiveFloat] = None
     tolerance: Optional[PositiveFloat] = None

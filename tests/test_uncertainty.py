@@ -7,8 +7,9 @@ import yaml
 from scipy.ndimage import gaussian_filter
 
 from napari_emdiffuse import evaluation as ev
-from napari_emdiffuse.uncertainty import (UNCALIBRATED, calibration_for, gaussian_smooth, predicted_error,
-                                          relative_error, removed_fraction, residual_correlation, validation_check)
+from napari_emdiffuse.uncertainty import (UNCALIBRATED, calibration_for, correlation_gap, gaussian_smooth,
+                                          predicted_error, relative_error, removed_fraction, residual_correlation,
+                                          validation_check)
 
 
 def test_gaussian_smooth_matches_scipy_on_the_last_two_axes():
@@ -118,6 +119,27 @@ def test_validation_check_flags_a_harder_input_and_unfamiliar_noise():
     like = ev.correlated_noise((64, 64), {"rho_y": 0.3, "rho_x": 0.15}, rng)
     assert validation_check(predicted, 100.0, card, image=like, restored=np.zeros_like(like))["beyond"] is False
     assert validation_check(predicted, 100.0, {}) is None
+
+
+def test_validation_check_accepts_noise_between_the_validated_kinds():
+    """With the noisier validation copy's correlations on the card, its kind of noise and mixtures
+    of the two pass; noise unlike either (more correlated than the acquisition's) is still flagged."""
+    predicted = np.full((128, 128), 5.0)
+    card = {"validated": {"limit": 0.12, "residual_correlation": [0.3, 0.2], "residual_correlation_noisier": [0.0, 0.0],
+                          "tolerance": 0.1}}
+    assert correlation_gap([0.15, 0.1], [[0.3, 0.2], [0.0, 0.0]]) == pytest.approx(0.0, abs=1e-9)
+    assert correlation_gap([0.15, 0.1], [[0.3, 0.2]]) == pytest.approx(0.15)
+    rng = np.random.default_rng(9)
+    for rho in ({"rho_y": 0.0, "rho_x": 0.0}, {"rho_y": 0.15, "rho_x": 0.1}, {"rho_y": 0.3, "rho_x": 0.2}):
+        noise = ev.correlated_noise((128, 128), rho, rng)
+        assert validation_check(predicted, 100.0, card, image=noise, restored=np.zeros_like(noise))["beyond"] is False
+    streaks = ev.correlated_noise((128, 128), {"rho_y": 0.1, "rho_x": 0.6}, rng)
+    flagged = validation_check(predicted, 100.0, card, image=streaks, restored=np.zeros_like(streaks))
+    assert flagged["beyond"] and "y 0.30, x 0.20 to y 0.00, x 0.00" in flagged["why"][0]
+    alone = {"validated": {k: v for k, v in card["validated"].items() if k != "residual_correlation_noisier"}}
+    white = rng.normal(0, 5, (128, 128))  # without the noisier copy on the card, white noise is unvalidated
+    assert validation_check(predicted, 100.0, alone, image=white, restored=np.zeros_like(white))["beyond"]
+    assert validation_check(predicted, 100.0, card, image=white, restored=np.zeros_like(white))["beyond"] is False
 
 
 def test_validation_check_flags_a_restoration_that_removed_more_than_any_validated_one():
