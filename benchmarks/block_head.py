@@ -35,13 +35,15 @@ from napari_emdiffuse.sample_data import load_pair
 DRAWS = 3  # noise draws at the noisiest level, each a fixed seed
 
 
-def band_features(model, rows: slice, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the head's input features, the squared error of the estimate) on a band of the pair,
-    in the model's normalised units, the network seeing the band whole at the noisiest level."""
-    noisy, clean = load_pair()
+def normalised_band(model, pair, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition, target) of a band of the pair, each image normalised whole as in training."""
     norm = model.card["normalization"]
-    cond = torch.from_numpy(Normalizer.for_card(noisy, norm)(noisy)[rows].astype(np.float32))[None, None]
-    target = torch.from_numpy(Normalizer.for_card(clean, norm)(clean)[rows].astype(np.float32))[None, None]
+    return tuple(torch.from_numpy(Normalizer.for_card(a, norm)(a)[rows].astype(np.float32))[None, None] for a in pair)
+
+
+def band_features(model, cond: torch.Tensor, target: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the head's input features, the squared error of the estimate) in the model's normalised
+    units, the network seeing the band whole at the noisiest level."""
     captured = []
     hook = model.network.logvar_out.register_forward_hook(lambda module, args, out: captured.append(args[0].detach()))
     sigma = float(model.diffusion["sigma_max"])
@@ -78,14 +80,14 @@ def main() -> None:
     header("the aleatoric head refitted on train-row blocks, judged on the val rows (test not read)")
     model = load_model("demo-denoise")
     model.network.float()
-    train = ev.rows_of("demo-denoise", "train")
-    draws = [band_features(model, train, seed) for seed in range(DRAWS)]
+    pair = load_pair()
+    cond, target = normalised_band(model, pair, ev.rows_of("demo-denoise", "train"))
+    draws = [band_features(model, cond, target, seed) for seed in range(DRAWS)]
     bundled_head = copy.deepcopy(model.network.logvar_out)
     heads = {"bundled (per-pixel NLL)": bundled_head,
              f"refitted ({args.window} px windows)": fit_head(bundled_head, draws, args.window, args.iterations)}
-    noisy_full, clean_full = load_pair()
     val = ev.rows_of("demo-denoise", "val")
-    noisy, clean = noisy_full[val], clean_full[val]
+    noisy, clean = pair[0][val], pair[1][val]
     means = []
     for name, head in heads.items():
         model.network.logvar_out = head

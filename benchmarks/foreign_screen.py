@@ -26,9 +26,9 @@ SEM val rows) on the known clean image. Candidates, each printed per input:
   their noisier copy's. Last, its cost on the whole sample image next to the restore's.
 * intensity_distance: how far the input's grey-level distribution lies from the train rows': the
   mean absolute difference of 19 quantiles (5%, 10%, ..., 95%) of each, scaled by its own 0.1 and
-  99.9 percentiles (as the normaliser does). The control printed last: its spread over every
-  61 x 250 crop of the SEM val rows (as acquired and noisier), SEM of the right kind at the
-  FIB-SEM test slices' size.
+  99.9 pixel percentiles (the normaliser's are of 2 x 2 block means). The control printed last: its
+  spread over every 61 x 250 crop of the SEM val rows (as acquired and noisier), SEM of the right
+  kind at the FIB-SEM test slices' size.
 
 Not adopted (docs/benchmarks.md): none of the five tells FIB-SEM with SEM-like noise from SEM
 reliably; the feature distance also rises with noise and with smaller crops, which the SEM val

@@ -29,7 +29,7 @@ from napari_emdiffuse import evaluation as ev
 from napari_emdiffuse.api import restore
 from napari_emdiffuse.loading import load_model
 from napari_emdiffuse.sample_data import load_pair
-from napari_emdiffuse.uncertainty import gaussian_smooth, predicted_error
+from napari_emdiffuse.uncertainty import predicted_error
 
 VIEWS = {  # (forward, inverse) flips of a plane
     "identity": (lambda a: a, lambda a: a),
@@ -39,8 +39,8 @@ VIEWS = {  # (forward, inverse) flips of a plane
 }
 
 
-def restored(model, rows: slice) -> dict:
-    noisy, clean = (a[rows] for a in load_pair())
+def restored(model, pair, rows: slice) -> dict:
+    noisy, clean = (a[rows] for a in pair)
     res = restore(noisy, model, device="cpu", seed=0)
     return {"noisy": noisy, "clean": clean, "mean": res.mean, "aleatoric": res.aleatoric,
             "error": ev.block_rmse(res.mean, clean)}
@@ -54,7 +54,7 @@ def view_spread(model, noisy) -> np.ndarray:
 
 def block_features(part: dict) -> dict:
     noisy, mean = (np.asarray(part[k], dtype=np.float64) for k in ("noisy", "mean"))
-    rms = lambda values, sigma: np.sqrt(ev._block_mean_square(values, sigma, ev.BLOCK))  # noqa: E731
+    rms = lambda values, sigma: np.sqrt(ev.block_mean_square(values, sigma))  # noqa: E731
     return {"aleatoric 0 px": np.log(rms(part["aleatoric"], 0.0)), "aleatoric 4 px": np.log(rms(part["aleatoric"], 4.0)),
             "gradient of the input": np.log(ev.gradient_proxy(noisy)),
             "gradient of the output": np.log(ev.gradient_proxy(mean)),
@@ -72,7 +72,8 @@ def regression(train: dict, val: dict, names) -> np.ndarray:
 def main() -> None:
     header("predicted-error candidates for the demo denoiser, on the val rows (the test rows are not read)")
     model = load_model("demo-denoise")
-    train, val = restored(model, ev.rows_of("demo-denoise", "train")), restored(model, ev.rows_of("demo-denoise", "val"))
+    pair = load_pair()
+    train, val = (restored(model, pair, ev.rows_of("demo-denoise", part)) for part in ("train", "val"))
     proxies = {"gradient of the input": ev.gradient_proxy(val["noisy"]), "gradient of the output": ev.gradient_proxy(val["mean"])}
     best = max(proxies, key=lambda n: ev.spearman(proxies[n], val["error"]))
 
@@ -84,9 +85,9 @@ def main() -> None:
     report("card map", ev.block_rms(predicted_error(None, val["aleatoric"], model.card["uncertainty"]["predicted_error"])))
     spread = view_spread(model, val["noisy"])
     for sigma in (0.0, 2.0, 4.0, 8.0):
-        report(f"view spread, {sigma:g} px", ev.block_rms(np.sqrt(gaussian_smooth(spread.astype(np.float64) ** 2, sigma))))
-        squares = {"aleatoric": ev._block_mean_square(val["aleatoric"], sigma, ev.BLOCK),
-                   "view spread": ev._block_mean_square(spread, sigma, ev.BLOCK)}
+        squares = {"aleatoric": ev.block_mean_square(val["aleatoric"], sigma),
+                   "view spread": ev.block_mean_square(spread, sigma)}
+        report(f"view spread, {sigma:g} px", np.sqrt(squares["view spread"]))
         weights = ev.fit_weights(squares, val["error"])
         report(f"aleatoric + view spread, {sigma:g} px, weights {weights}",
                np.sqrt(sum(w ** 2 * squares[n] for n, w in weights.items())))

@@ -250,7 +250,9 @@ MASK_BUDGET, MASK_WORST, MASK_RECALL = 0.15, 0.10, 0.5
 SPEARMAN_SLACK = 0.01
 
 
-def _block_mean_square(values, sigma: float, block: int) -> np.ndarray:
+def block_mean_square(values, sigma: float, block: int = BLOCK) -> np.ndarray:
+    """The block mean of ``values`` squared and smoothed by a Gaussian of ``sigma`` px (what a
+    predicted-error source contributes to the block's mean square)."""
 
     return blocks(gaussian_smooth(np.asarray(values, dtype=np.float64) ** 2, sigma), block).mean(axis=1)
 
@@ -282,7 +284,7 @@ def fit_predicted_error(std, aleatoric, error_blocks, block: int = BLOCK,
         if any(available[n] is None for n in names):
             continue
         for sigma in smoothing:
-            weights = fit_weights({n: _block_mean_square(available[n], sigma, block) for n in names}, error_blocks)
+            weights = fit_weights({n: block_mean_square(available[n], sigma, block) for n in names}, error_blocks)
             weights = {n: w for n, w in weights.items() if w > 0} or weights  # a source weighted 0 is not needed
             if len(weights) < len(names) and any(r["weights"].keys() == weights.keys() and r["smoothing_px"] == sigma
                                                  for r in table):
