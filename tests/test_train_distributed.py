@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 LIMIT = 180  # seconds any launch may take: past it the test fails instead of hanging
 
 # One process of the run. FAULT makes rank FAULT_RANK die (kill: SIGKILL) or hang (hang) when it
-# begins step FAULT_STEP, or read a file that is missing (input) while setting up.
+# begins step FAULT_STEP, read a file that is missing (input) while setting up, or finish with its
+# heartbeat stuck in a torch call (stuck-heartbeat).
 PROCESS = textwrap.dedent("""
     import os, signal, sys, time
     fault, argv = os.environ.get("FAULT"), sys.argv[1:]
@@ -36,6 +38,24 @@ PROCESS = textwrap.dedent("""
                 time.sleep(3600)
             return step(self)
         Trainer.train_step = faulty
+        if fault == "stuck-heartbeat":  # at the end, the heartbeat is inside a store call that blocks
+            import threading
+            from datetime import timedelta
+            from napari_emdiffuse.training.distributed import World
+            close, entered = World.close, threading.Event()
+            class Stuck:
+                def __init__(self, store):
+                    self.store = store
+                def __getattr__(self, name):
+                    return getattr(self.store, name)
+                def multi_get(self, keys):
+                    entered.set()
+                    self.store.wait(["never-set"], timedelta(seconds=3600))
+            def closing(self, *args):
+                self._store = Stuck(self._store)
+                entered.wait()
+                close(self, *args)
+            World.close = closing
         if fault == "input":
             argv[argv.index("--input") + 1] = "missing.tif"
     from napari_emdiffuse.cli import main
@@ -185,6 +205,18 @@ def test_a_killed_process_stops_the_other_with_its_rank_and_the_run_resumes_exac
         torch.testing.assert_close(resumed["network"][key], weights, atol=1e-6, rtol=0)
     assert len(resumed["dropout_streams"]) == 2
     assert not torch.equal(resumed["dropout_streams"][0]["torch_rng"], resumed["dropout_streams"][1]["torch_rng"])
+
+
+def test_a_finished_run_exits_cleanly_even_with_a_heartbeat_stuck_in_the_store(pair, base, tmp_path):
+    # A thread left inside a torch call while the interpreter shuts down aborts the process
+    # ("terminate called without an active exception", once in CI): leaving must not allow it.
+    started = time.monotonic()
+    codes, out, err = launch(denoise_args(pair, base, tmp_path / "run", "--batch-size", "2", "--steps", "2",
+                                          "--dist-timeout", "20"), fault="stuck-heartbeat", fault_rank=1, fault_step=0)
+    assert codes == [0, 0], err
+    assert "trained denoise model" in out[0] and not err[1]
+    assert load_model(tmp_path / "run").card["training"]["step"] == 2
+    assert time.monotonic() - started < 60  # rank 1 gives its heartbeat 7 s, rank 0 waits 8 s for it
 
 
 def test_a_hung_process_is_named_when_the_others_time_out(pair, base, tmp_path):

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, train: Callable[..., int]) -> int:
         code = _stop(world, error)
         world.abandon(code)
         return code
-    world.close()
+    world.close(code)
     return code
 
 

@@ -20,6 +20,7 @@ step, the rank the others are waiting for.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import os
 import sys
@@ -224,33 +225,45 @@ class World(SingleProcess):
         return tensor.tolist()
 
     # ---- the end -------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, code: int = 0) -> None:
         """After a finished run: wait for every process (rank 0 may still be writing), then leave."""
         try:
             with self._waiting():
                 dist.barrier()
         except (RuntimeError, dist.DistError):
             pass  # the run is finished and saved; a process that left early changes nothing
-        self._leave()
+        self._leave(code, finished=True)
 
     def abandon(self, code: int) -> None:
         """After a failure: leave the process group without waiting for anyone (a broken group
-        can hang or abort at exit otherwise); if even that hangs, end the process."""
-        self._leave(exit_code=code)
+        can hang or abort at exit otherwise)."""
+        self._leave(code, finished=False)
 
-    def _leave(self, exit_code: int | None = None) -> None:
+    def _leave(self, code: int, finished: bool) -> None:
+        """Stop the heartbeat, leave the process group and return with nothing of ours running.
+        A thread still inside a torch call when the interpreter shuts down aborts the process
+        ("terminate called without an active exception"), so one that does not finish in time
+        ends the process here, with ``code``."""
         self._watching_time = False
         self._closed.set()
-        done = threading.Event()
+        self._watcher.join(self.stale + 2 * self.beat)  # a store call takes milliseconds unless stuck
+        if finished and not self._watcher.is_alive():
+            self._depart()
+        gc.collect()  # DDP's hooks go now, while the group and the interpreter are whole
+        destroyer = threading.Thread(target=_destroy_group, name="emdiffuse-leave", daemon=True)
+        destroyer.start()
+        destroyer.join(30 if finished else 10)
+        if destroyer.is_alive() or self._watcher.is_alive():
+            _flush_and_exit(code)
 
-        def destroy():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-            done.set()
-
-        threading.Thread(target=destroy, daemon=True).start()
-        if not done.wait(30 if exit_code is None else 10) and exit_code is not None:
-            _flush_and_exit(exit_code)
+    def _depart(self) -> None:
+        """Say this process has stopped its heartbeat; rank 0, which may hold the store, waits
+        for every other to say so, so that none takes the store's end for rank 0's death."""
+        with contextlib.suppress(Exception):
+            self._store.set(f"{self._keys[self.rank]}/left", "1")
+            if self.rank == 0 and self.size > 1:
+                others_stop = self.stale + 3 * self.beat  # the others' own bound on stopping, and a beat
+                self._store.wait([f"{key}/left" for key in self._keys[1:]], timedelta(seconds=others_stop))
 
     # ---- the watcher ---------------------------------------------------------------------------
     def await_verdict(self) -> None:
@@ -331,6 +344,11 @@ def _watched_allreduce(world, bucket):  # no annotations: DDP rejects them as st
         return future.value()
 
     return allreduce_hook(None, bucket).then(averaged)
+
+
+def _destroy_group() -> None:
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 def _flush_and_exit(code: int) -> None:
